@@ -1,0 +1,57 @@
+# astrobio-train: `make train` runs the default job, `make test` runs the suite. Both set up .venv first.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := $(CURDIR)/.tools/bin
+EXTRAS ?= train,s3,wandb,tensorboard,graph,science,text,lora,deepspeed,gpu,test
+# torch must come from the CPU wheel: a local wheel folder (PIP_FIND_LINKS) when the machine has one,
+# else PyTorch's CPU index. Installing it first keeps pip from pulling CUDA packages.
+TORCH_SPEC := torch==2.13.0
+TORCH_SOURCE := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--index-url https://download.pytorch.org/whl/cpu)
+UV := $(BIN)/uv
+UV_ENV := $(if $(PIP_FIND_LINKS),UV_FIND_LINKS=$(PIP_FIND_LINKS))
+export PATH := $(TOOLS):$(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help venv tools train test lint bench manifests images clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(UV_ENV) $(UV) pip install --python $(BIN)/python $(TORCH_SOURCE) $(TORCH_SPEC)
+	$(UV_ENV) $(UV) pip install --python $(BIN)/python -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(BIN)/.installed  ## create .venv with the whole stack (CPU torch first)
+
+tools:  ## install what the tests talk to: helm, promtool/prometheus, pushgateway, Ceph RGW (S3)
+	bash tests/tools/install-all.sh $(CURDIR)/.tools
+
+train: venv  ## import the bundled NASA snapshot and train the planets model on CPU
+	$(BIN)/astrobio-data run nasa-exoplanets --from-snapshot
+	$(BIN)/astrobio-train run -c configs/planets.yaml
+
+test: venv tools  ## lint and run the whole test suite
+	$(BIN)/ruff check trainer datajobs tests bench
+	$(BIN)/python -m pytest -q -ra
+
+lint: venv  ## ruff
+	$(BIN)/ruff check trainer datajobs tests bench
+	$(BIN)/ruff format --check trainer datajobs tests bench
+
+bench: venv tools  ## benchmarks; results go to docs/benchmarks.md by hand
+	$(BIN)/python bench/trainer_overhead.py
+	$(BIN)/python bench/datajobs.py
+
+manifests: tools  ## render manifests/ from the chart
+	bash charts/render-manifests.sh
+
+images:  ## build the container images where Docker exists
+	docker build -f images/trainer/Dockerfile -t astrobio-train/trainer:dev .
+	docker build -f images/datajobs/Dockerfile -t astrobio-train/datajobs:dev .
+
+clean:
+	rm -rf $(VENV) .tools runs data .pytest_cache
