@@ -1,0 +1,183 @@
+"""Checkpoints through torch.distributed.checkpoint: atomic step folders, keep-last-K, best weights.
+
+A checkpoint folder `checkpoints/step-00000042/` holds the DCP shards of model and optimizer (any
+strategy: single process, DDP, FSDP2), `trainer_state.json` (step, data position, scheduler, early
+stopping, lineage) and `rng-rank<R>.npz` per rank. It is written under `.tmp-step-…` and renamed once
+every rank has finished, so a killed job never leaves a half checkpoint that resume would pick up.
+Nothing here unpickles: DCP tensors, JSON and npz (allow_pickle=False) only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+from datajobs.errors import DataError
+from trainer.distributed import DistEnv, barrier
+
+STEP_PREFIX = "step-"
+TMP_PREFIX = ".tmp-"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    """Everything besides tensors that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    consumed_batches: int = 0  # micro-batches taken from the sampler (same on every rank)
+    world_size: int = 1
+    micro_batch_size: int = 0
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False  # a rerun of an early-stopped run trains no further
+    lineage: dict[str, str] = field(default_factory=dict)
+    config_digest: str = ""
+
+
+def _rng_state() -> dict[str, np.ndarray]:
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    arrays = {
+        "torch": torch.get_rng_state().numpy(),
+        "python_internal": np.asarray(internal, dtype=np.int64),
+        "python_meta": np.asarray([version, -1 if gauss is None else 1], dtype=np.int64),
+        "python_gauss": np.asarray([0.0 if gauss is None else gauss], dtype=np.float64),
+        "numpy_keys": np_state[1],
+        "numpy_meta": np.asarray([np_state[2], np_state[3]], dtype=np.int64),
+        "numpy_gauss": np.asarray([np_state[4]], dtype=np.float64),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        arrays["cuda"] = torch.cuda.get_rng_state().numpy()
+    return arrays
+
+
+def _set_rng_state(arrays: dict[str, np.ndarray]) -> None:
+    torch.set_rng_state(torch.from_numpy(arrays["torch"].copy()))
+    version, has_gauss = (int(x) for x in arrays["python_meta"])
+    gauss = float(arrays["python_gauss"][0]) if has_gauss > 0 else None
+    random.setstate((version, tuple(int(x) for x in arrays["python_internal"]), gauss))
+    pos, has_np_gauss = (int(x) for x in arrays["numpy_meta"])
+    np.random.set_state(("MT19937", arrays["numpy_keys"], pos, has_np_gauss, float(arrays["numpy_gauss"][0])))
+    if "cuda" in arrays and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.from_numpy(arrays["cuda"].copy()))
+
+
+def step_dir_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:08d}"
+
+
+class Checkpointer:
+    """Saves and restores training state under `<run>/checkpoints`, and best weights under `<run>/best`."""
+
+    def __init__(self, run_dir: Path, env: DistEnv, keep_last: int) -> None:
+        self.root = run_dir / "checkpoints"
+        self.best_dir = run_dir / "best"
+        self.env = env
+        self.keep_last = keep_last
+        if env.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(f"{TMP_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a job killed while saving
+        barrier(env)
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        found = [
+            p for p in self.root.glob(f"{STEP_PREFIX}*")
+            if (p / ".metadata").is_file() and (p / STATE_FILE).is_file()
+        ]
+        return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+    def latest(self) -> Path | None:
+        done = self.complete()
+        return done[-1] if done else None
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState) -> tuple[Path, float]:
+        """Write a checkpoint collectively; returns its folder and the seconds it took."""
+        started = time.perf_counter()
+        final = self.root / step_dir_name(state.step)
+        tmp = self.root / f"{TMP_PREFIX}{final.name}"
+        if self.env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier(self.env)
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=not self.env.is_distributed)
+        np.savez(tmp / f"rng-rank{self.env.rank}.npz", **_rng_state())
+        barrier(self.env)
+        if self.env.is_main:
+            (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            for old in self.complete()[: -self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier(self.env)
+        return final, time.perf_counter() - started
+
+    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainerState:
+        """Restore model, optimizer and this rank's RNG from a complete checkpoint."""
+        state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
+        if state.world_size != self.env.world_size:
+            raise DataError(
+                f"{path} was written with {state.world_size} data-parallel ranks, this run has "
+                f"{self.env.world_size}: the data position cannot be resharded; resume with "
+                f"{state.world_size} ranks or start a new run (logging.run_name)"
+            )
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        target = {"model": model_sd, "optim": optim_sd}
+        dcp.load(target, checkpoint_id=str(path), no_dist=not self.env.is_distributed)
+        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
+        rng_file = path / f"rng-rank{self.env.rank}.npz"
+        if rng_file.is_file():
+            with np.load(rng_file, allow_pickle=False) as arrays:
+                _set_rng_state(dict(arrays))
+        return state
+
+    def save_best(self, model: nn.Module, step: int, metric_name: str, metric: float) -> None:
+        """Full (gathered) weights as safetensors in `best/`, written atomically by rank 0."""
+        from safetensors.torch import save_file
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(model, options=options)
+        if self.env.is_main:
+            tmp = self.best_dir.with_name(".tmp-best")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+            meta = {"step": step, "metric": metric_name, "value": metric}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            old = self.best_dir.with_name(".old-best")
+            if self.best_dir.exists():
+                self.best_dir.rename(old)
+            tmp.rename(self.best_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        barrier(self.env)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load safetensors weights (e.g. `best/model.safetensors`) into a plain module."""
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    if missing or unexpected:
+        raise DataError(f"{path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -1,0 +1,1 @@
+"""From dataset versions to torch datasets and resumable loaders."""

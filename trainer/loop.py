@@ -1,0 +1,272 @@
+"""The one training loop every component shares (accumulation, AMP, clipping, NaN guard, eval, checkpoints)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.utils.data import DataLoader, Subset
+
+from datajobs.errors import AstrobioError, ConfigError
+from trainer import distributed, parallelize
+from trainer.checkpoint import Checkpointer, TrainerState
+from trainer.components.base import Component, ComponentData, move_to_device
+from trainer.config import RunConfig
+from trainer.data.sampler import ResumableBatchSampler, eval_indices
+from trainer.distributed import DistEnv
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.telemetry import StepRecord, Telemetry
+
+log = logging.getLogger("astrobio.train")
+
+
+class Divergence(AstrobioError):
+    """Non-finite loss or gradient norm: the step was not applied and nothing was saved after it."""
+
+    exit_code = 3
+
+
+class Preempted(AstrobioError):
+    """SIGTERM received: a checkpoint was written; Kubernetes may restart the job (exit 143)."""
+
+    exit_code = 143
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    stopped_early: bool
+    best_metric: float | None
+    best_step: int | None
+    lineage: dict[str, str] = field(default_factory=dict)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the loop finishes the step, agrees across ranks, checkpoints and exits 143."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.requested = True
+        log.warning("received signal %d: finishing the step, then checkpointing", signum)
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if cfg.train.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def grad_norm_of(model: nn.Module, max_norm: float | None) -> torch.Tensor:
+    """Total gradient norm (clipping when max_norm is set); works for DDP and FSDP2 DTensor grads."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return torch.zeros(())
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return norm
+
+
+class Trainer:
+    """Trains one component according to one run config, in this process (one rank of possibly many)."""
+
+    def __init__(self, cfg: RunConfig, component: Component, store: Any, run_dir: Path, env: DistEnv) -> None:
+        self.cfg = cfg
+        self.component = component
+        self.store = store
+        self.run_dir = run_dir
+        self.env = env
+        self.stop = StopFlag()
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained model's full weights on CPU (gathered from shards where the strategy shards)."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(self.model, options=options)
+
+    # -- data ----------------------------------------------------------------------------------
+    def _train_batches(self, data: ComponentData, consumed: int) -> tuple[ResumableBatchSampler, Iterator]:
+        sampler = ResumableBatchSampler(
+            len(data.train), self.cfg.data.batch_size, seed=self.cfg.train.seed, rank=self.env.rank,
+            world_size=self.env.world_size, consumed=consumed,
+        )
+        loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=data.collate_fn,
+                            num_workers=self.cfg.data.num_workers, persistent_workers=False)
+        return sampler, iter(loader)
+
+    def _eval_loader(self, dataset, collate_fn) -> DataLoader:
+        subset = Subset(dataset, eval_indices(len(dataset), self.env.rank, self.env.world_size))
+        size = self.cfg.data.eval_batch_size or self.cfg.data.batch_size
+        return DataLoader(subset, batch_size=size, shuffle=False, collate_fn=collate_fn)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset, collate_fn=None) -> dict[str, float]:
+        """Mean loss over the dataset (each sample once across ranks)."""
+        model.eval()
+        total, count = 0.0, 0
+        for i, batch in enumerate(self._eval_loader(dataset, collate_fn)):
+            if self.cfg.train.eval_batches and i >= self.cfg.train.eval_batches:
+                break
+            with autocast(self.cfg, self.env.device):
+                out = self.component.evaluation_step(model, move_to_device(batch, self.env.device))
+            total += float(out.loss.float()) * out.samples
+            count += out.samples
+        model.train()
+        total, count = distributed.sum_over_ranks([total, float(count)], self.env)
+        return {"loss": total / max(count, 1.0)}
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self) -> RunResult:
+        cfg, env = self.cfg, self.env
+        seed_everything(cfg.train.seed)
+        data = self.data = self.component.build_data(self.store)
+        model = self.component.build_model(data).to(env.device)
+        model = self.model = parallelize.parallelize(model, parallelize.ParallelSpec.from_config(cfg), env.device)
+        optimizer = build_optimizer(model, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
+        ckpt = Checkpointer(self.run_dir, env, cfg.checkpoint.keep_last)
+        telemetry = Telemetry(cfg.logging, self.run_dir, cfg.component, env.rank, env.local_rank, env.device,
+                              cfg.train.max_steps, cfg.model_dump(mode="json"))
+        state = TrainerState(world_size=env.world_size, micro_batch_size=cfg.data.batch_size,
+                             lineage=data.lineage, config_digest=cfg.digest())
+        latest = ckpt.latest() if cfg.checkpoint.resume else None
+        if latest is not None:
+            state = ckpt.load(latest, model, optimizer)
+            if state.micro_batch_size != cfg.data.batch_size:
+                raise ConfigError(f"{latest} used data.batch_size={state.micro_batch_size}, this run "
+                                  f"{cfg.data.batch_size}: the data position would not match; keep it or "
+                                  f"start a new run (logging.run_name)")
+            scheduler.load_state_dict(state.scheduler)
+            telemetry.on_resume(state.step)
+        self.stop.install()
+        try:
+            return self._run(model, optimizer, scheduler, data, ckpt, telemetry, state)
+        finally:
+            self.stop.restore()
+            telemetry.close()
+
+    def _run(self, model, optimizer, scheduler, data, ckpt, telemetry, state: TrainerState) -> RunResult:
+        cfg, env = self.cfg, self.env
+        tc = cfg.train
+        _, batches = self._train_batches(data, state.consumed_batches)
+        telemetry.start(state.step, tc.log_every)
+        flops_per_sample = self.component.flops_per_sample(model)
+        stopped_early = state.stopped_early
+        model.train()
+        while state.step < tc.max_steps and not stopped_early:
+            step_started = time.perf_counter()
+            data_wait = 0.0
+            loss_sum, samples, tokens = 0.0, 0, 0
+            for micro in range(tc.grad_accum_steps):
+                fetch_started = time.perf_counter()
+                batch = move_to_device(next(batches), env.device)
+                data_wait += time.perf_counter() - fetch_started
+                state.consumed_batches += 1
+                last = micro == tc.grad_accum_steps - 1
+                with parallelize.no_grad_sync(model, skip=not last):
+                    with autocast(cfg, env.device):
+                        out = self.component.training_step(model, batch)
+                    loss = out.loss.float()
+                    if tc.inject_nan_at_step == state.step + 1 and tc.inject_nan_rank in (None, env.rank):
+                        loss = loss * float("nan")
+                    (loss / tc.grad_accum_steps).backward()
+                loss_sum += loss.detach().item()
+                samples += out.samples
+                tokens += out.tokens
+            loss_value = loss_sum / tc.grad_accum_steps
+            grad_norm = float(grad_norm_of(model, tc.clip_grad_norm))
+            bad_loss = not math.isfinite(loss_value)
+            bad_grad = not math.isfinite(grad_norm)
+            if distributed.any_rank(bad_loss or bad_grad, env):
+                kind = "loss" if bad_loss or not bad_grad else "grad"
+                telemetry.on_nonfinite(state.step + 1, kind)
+                optimizer.zero_grad(set_to_none=True)
+                raise Divergence(
+                    f"non-finite {kind} at step {state.step + 1} (loss {loss_value}, grad norm {grad_norm}) "
+                    f"on {'this' if (bad_loss or bad_grad) else 'another'} rank; the step was not applied and no "
+                    f"checkpoint was written after step {state.step}; lower optim.lr or check the data"
+                )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            global_loss = distributed.mean_over_ranks([loss_value], env)[0]
+            telemetry.on_step(StepRecord(
+                step=state.step, loss=global_loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                samples=samples, tokens=tokens, step_seconds=time.perf_counter() - step_started,
+                data_wait_seconds=data_wait,
+                flops=None if flops_per_sample is None else flops_per_sample * samples,
+            ))
+            at_end = state.step == tc.max_steps
+            if state.step % tc.eval_every == 0 or at_end:
+                stopped_early = self._evaluate(model, data, ckpt, telemetry, state)
+                if stopped_early and env.is_main:
+                    log.info("early stopping at step %d: no improvement in %d evaluations", state.step,
+                             tc.early_stopping_patience)
+            state.stopped_early = stopped_early
+            preempted = distributed.any_rank(self.stop.requested, env)
+            if preempted or stopped_early or at_end or state.step % cfg.checkpoint.every_steps == 0:
+                self._save(model, optimizer, scheduler, ckpt, telemetry, state)
+            if preempted:
+                raise Preempted(f"preempted at step {state.step}; checkpoint written to {ckpt.latest()}")
+            if stopped_early:
+                break
+        return RunResult(self.run_dir, state.step, stopped_early, state.best_metric, state.best_step, state.lineage)
+
+    def _evaluate(self, model, data: ComponentData, ckpt: Checkpointer, telemetry: Telemetry,
+                  state: TrainerState) -> bool:
+        """Evaluate, keep the best weights; True when early stopping says stop."""
+        metrics = self.evaluate(model, data.val, data.collate_fn)
+        telemetry.on_eval(state.step, metrics)
+        value = metrics["loss"]
+        if state.best_metric is None or value < state.best_metric:
+            state.best_metric, state.best_step = value, state.step
+            state.evals_without_improvement = 0
+            if self.cfg.checkpoint.save_best:
+                ckpt.save_best(model, state.step, "val_loss", value)
+        else:
+            state.evals_without_improvement += 1
+        patience = self.cfg.train.early_stopping_patience
+        return patience is not None and state.evals_without_improvement >= patience
+
+    def _save(self, model, optimizer, scheduler, ckpt: Checkpointer, telemetry: Telemetry,
+              state: TrainerState) -> None:
+        state.scheduler = scheduler.state_dict()
+        try:
+            path, seconds = ckpt.save(model, optimizer, state)
+        except OSError as exc:
+            telemetry.on_checkpoint(state.step, None)
+            log.error("checkpoint at step %d failed: %s", state.step, exc)
+            return
+        telemetry.on_checkpoint(state.step, seconds)
+        if self.env.is_main:
+            log.debug("checkpoint %s in %.2fs", path, seconds)

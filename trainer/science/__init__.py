@@ -1,0 +1,1 @@
+"""Published scientific relations used as baselines."""

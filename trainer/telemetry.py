@@ -1,0 +1,258 @@
+"""Training telemetry: Prometheus metrics, console progress, metrics.jsonl, TensorBoard and W&B sinks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from datajobs.errors import require
+from trainer.config import LoggingConfig
+
+log = logging.getLogger("astrobio.train")
+
+STEP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+@dataclass
+class StepRecord:
+    """What one optimizer step did."""
+
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    samples: int
+    tokens: int
+    step_seconds: float
+    data_wait_seconds: float
+    flops: float | None = None  # training FLOPs of this step on this rank
+
+
+def process_memory_bytes() -> int:
+    """Resident set size of this process."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak FLOP/s of the device, from a small table; None when unknown (CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+    return next((v for k, v in table.items() if k in name), None)
+
+
+class PrometheusMetrics:
+    """The `astrobio_*` series of docs/contracts.md, in a registry of their own, served over HTTP."""
+
+    def __init__(self, component: str, rank: int) -> None:
+        self.registry = CollectorRegistry()
+        self.labels = {"component": component, "rank": str(rank)}
+        names = list(self.labels)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, names, registry=self.registry)
+
+        self.step = gauge("astrobio_train_step", "Last completed optimizer step.")
+        self.last_step_ts = gauge("astrobio_train_last_step_timestamp_seconds", "Unix time of the last step.")
+        self.loss = gauge("astrobio_train_loss", "Training loss of the last step.")
+        self.eval_loss = gauge("astrobio_eval_loss", "Last evaluation loss.")
+        self.lr = gauge("astrobio_learning_rate", "Learning rate of the last step.")
+        self.grad_norm = gauge("astrobio_grad_norm", "Gradient norm before clipping.")
+        self.samples_ps = gauge("astrobio_samples_per_second", "Samples per second over the last window.")
+        self.tokens_ps = gauge("astrobio_tokens_per_second", "Tokens per second over the last window.")
+        self.mfu = gauge("astrobio_mfu_ratio", "Model FLOPs utilisation (0..1).")
+        self.step_seconds = Histogram(
+            "astrobio_step_seconds", "Wall time per optimizer step.", names, buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
+        self.data_wait = Histogram(
+            "astrobio_data_wait_seconds", "Time waiting for data per optimizer step.", names, buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
+        self.ckpt_seconds = Histogram(
+            "astrobio_checkpoint_seconds", "Time to write a checkpoint.", names, buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
+        self.ckpt_failures = Counter(
+            "astrobio_checkpoint_failures", "Checkpoint writes that failed.", names, registry=self.registry
+        )
+        self.nonfinite = Counter(
+            "astrobio_nonfinite_events", "Non-finite loss or gradient norms.", [*names, "kind"],
+            registry=self.registry,
+        )
+        self.resumes = Counter(
+            "astrobio_train_resumes", "Resumes from a checkpoint.", names, registry=self.registry
+        )
+        self.memory = gauge("astrobio_process_memory_bytes", "Resident memory of the process.")
+        self.gpu_allocated = gauge("astrobio_gpu_memory_allocated_bytes", "CUDA memory allocated by tensors.")
+        self.gpu_reserved = gauge("astrobio_gpu_memory_reserved_bytes", "CUDA memory reserved by the allocator.")
+        self.gpu_peak = gauge("astrobio_gpu_memory_peak_bytes", "Peak CUDA memory allocated.")
+        self.gpu_total = gauge("astrobio_gpu_memory_total_bytes", "Total memory of the CUDA device.")
+        for kind in ("loss", "grad"):
+            self.nonfinite.labels(**self.labels, kind=kind)
+        for metric in (self.ckpt_failures, self.resumes):
+            metric.labels(**self.labels)
+        self._server = None
+
+    def serve(self, port: int) -> None:
+        self._server, _ = start_http_server(port, addr="0.0.0.0", registry=self.registry)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def update_memory(self, device: torch.device) -> None:
+        self.memory.labels(**self.labels).set(process_memory_bytes())
+        if device.type == "cuda":
+            self.gpu_allocated.labels(**self.labels).set(torch.cuda.memory_allocated(device))
+            self.gpu_reserved.labels(**self.labels).set(torch.cuda.memory_reserved(device))
+            self.gpu_peak.labels(**self.labels).set(torch.cuda.max_memory_allocated(device))
+            self.gpu_total.labels(**self.labels).set(torch.cuda.get_device_properties(device).total_memory)
+
+
+class Telemetry:
+    """Fans each training event out to every enabled sink; file and console sinks live on rank 0."""
+
+    def __init__(self, cfg: LoggingConfig, run_dir: Path, component: str, rank: int, local_rank: int,
+                 device: torch.device, max_steps: int, run_config: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.max_steps = max_steps
+        self.is_main = rank == 0
+        self.prom = PrometheusMetrics(component, rank)
+        self.labels = self.prom.labels
+        if cfg.metrics_port:
+            self.prom.serve(cfg.metrics_port + local_rank)
+        self._peak = peak_flops(device)
+        self._window: list[StepRecord] = []
+        self._window_started = self._started = time.perf_counter()
+        self._first_step = 0
+        self.log_every = 10
+        self._jsonl = open(run_dir / "metrics.jsonl", "a") if self.is_main else None  # noqa: SIM115
+        self._tb = None
+        self._wandb = None
+        if self.is_main and cfg.tensorboard:
+            tb = require("torch.utils.tensorboard", "tensorboard")
+            self._tb = tb.SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if self.is_main and cfg.wandb:
+            wandb = require("wandb", "wandb")
+            self._wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name, dir=str(run_dir),
+                                     config=run_config, resume="allow")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        step = record["step"]
+        scalars = {f"{record['kind']}/{k}": v for k, v in record.items()
+                   if k not in ("step", "kind", "time") and isinstance(v, int | float)}
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def on_resume(self, step: int) -> None:
+        self.prom.resumes.labels(**self.labels).inc()
+        if self.is_main:
+            log.info("resumed from step %d", step)
+
+    def on_step(self, rec: StepRecord) -> None:
+        p, lab = self.prom, self.labels
+        p.step.labels(**lab).set(rec.step)
+        p.last_step_ts.labels(**lab).set(time.time())
+        p.loss.labels(**lab).set(rec.loss)
+        p.lr.labels(**lab).set(rec.lr)
+        p.grad_norm.labels(**lab).set(rec.grad_norm)
+        p.step_seconds.labels(**lab).observe(rec.step_seconds)
+        p.data_wait.labels(**lab).observe(rec.data_wait_seconds)
+        self._window.append(rec)
+        record = {"kind": "train", "step": rec.step, "time": time.time(), "loss": rec.loss, "lr": rec.lr,
+                  "grad_norm": rec.grad_norm, "step_seconds": rec.step_seconds,
+                  "data_wait_seconds": rec.data_wait_seconds}
+        if rec.step % self.log_every == 0 or rec.step == self.max_steps:
+            self._flush_window(record)
+        self._write(record)
+
+    def _flush_window(self, record: dict[str, Any]) -> None:
+        elapsed = max(time.perf_counter() - self._window_started, 1e-9)
+        samples = sum(r.samples for r in self._window)
+        tokens = sum(r.tokens for r in self._window)
+        sps = samples / elapsed
+        record["samples_per_second"] = sps
+        self.prom.samples_ps.labels(**self.labels).set(sps)
+        if tokens:
+            record["tokens_per_second"] = tokens / elapsed
+            self.prom.tokens_ps.labels(**self.labels).set(tokens / elapsed)
+        flops = [r.flops for r in self._window]
+        if self._peak and all(f is not None for f in flops):
+            mfu = sum(flops) / elapsed / self._peak
+            record["mfu"] = mfu
+            self.prom.mfu.labels(**self.labels).set(mfu)
+        self.prom.update_memory(self.device)
+        if self.device.type == "cuda":
+            record["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        self._window = []
+        self._window_started = time.perf_counter()
+        if self.is_main and self.cfg.console:
+            done = record["step"]
+            per_step = (time.perf_counter() - self._started) / max(done - self._first_step, 1)
+            eta = time.strftime("%H:%M:%S", time.gmtime(per_step * (self.max_steps - done)))
+            extra = f" tok/s {record['tokens_per_second']:.0f}" if "tokens_per_second" in record else ""
+            extra += f" mfu {record['mfu']:.1%}" if "mfu" in record else ""
+            log.info("step %d/%d loss %.4f lr %.2e gnorm %.3f samples/s %.0f%s eta %s", done, self.max_steps,
+                     record["loss"], record["lr"], record["grad_norm"], sps, extra, eta)
+
+    def start(self, first_step: int, log_every: int) -> None:
+        self._first_step = first_step
+        self.log_every = log_every
+        self._started = self._window_started = time.perf_counter()
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        if "loss" in metrics:
+            self.prom.eval_loss.labels(**self.labels).set(metrics["loss"])
+        self._write({"kind": "eval", "step": step, "time": time.time(), **metrics})
+        if self.is_main and self.cfg.console:
+            log.info("eval step %d %s", step, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def on_checkpoint(self, step: int, seconds: float | None) -> None:
+        if seconds is None:
+            self.prom.ckpt_failures.labels(**self.labels).inc()
+            return
+        self.prom.ckpt_seconds.labels(**self.labels).observe(seconds)
+        self._write({"kind": "checkpoint", "step": step, "time": time.time(), "seconds": seconds})
+
+    def on_nonfinite(self, step: int, kind: str) -> None:
+        self.prom.nonfinite.labels(**self.labels, kind=kind).inc()
+        self._write({"kind": "nonfinite", "step": step, "time": time.time(), "what": kind})
+
+    def close(self) -> None:
+        """Flush sinks; keep /metrics up for `metrics_linger_seconds` so the last values get scraped."""
+        self.prom.update_memory(self.device)
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self.cfg.metrics_port and self.cfg.metrics_linger_seconds:
+            threading.Event().wait(self.cfg.metrics_linger_seconds)
+        self.prom.stop()
