@@ -98,7 +98,7 @@ class HttpClient:
         self.limiter = _RateLimiter(settings.requests_per_second)
         self.retries = 0
         self._backoff = wait_exponential_jitter(
-            initial=settings.backoff_initial_s, max=settings.backoff_max_s, jitter=settings.backoff_initial_s
+            multiplier=settings.backoff_initial_s, max=settings.backoff_max_s, jitter=settings.backoff_initial_s
         )
 
     def _wait(self, state: RetryCallState) -> float:

@@ -1,0 +1,127 @@
+"""nasa-exoplanets and exoplanet-catalogue: snapshot imports, live jobs against the replay server, faults."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow.compute as pc
+import pytest
+
+from datajobs import planets
+from datajobs.cli import main
+from datajobs.store import Store
+
+NASA_FIXTURE_ROWS = 300
+
+
+def run(*args: str) -> int:
+    return main(["run", *args])
+
+
+@pytest.mark.parametrize("source", ["nasa-exoplanets", "exoplanet-catalogue"])
+def test_snapshot_publishes_normalized_planets(tmp_path, source):
+    root = str(tmp_path / "data")
+    assert run(source, "--from-snapshot", "--root", root) == 0
+    version = Store(root).open(f"{source}@latest")
+    table = version.read_table(planets.SHARD)
+    assert table.schema == planets.SCHEMA
+    assert version.manifest["source"]["kind"] == "snapshot"
+    assert version.manifest["source"]["provenance"].startswith("# ")
+    assert version.manifest["recreate_command"] == f"astrobio-data run {source} --from-snapshot"
+    card = version.read_bytes("CARD.md").decode()
+    quarantined = version.read_table("quarantine.parquet")
+    assert quarantined.num_rows == version.manifest["quarantine"]["rows"]
+    assert table.num_rows + quarantined.num_rows == (6053 if source == "nasa-exoplanets" else 5414)
+    assert pc.min(table["pl_rade"]).as_py() > 0
+    if source == "nasa-exoplanets":
+        assert table["pl_bmassprov"].null_count == table.num_rows  # the snapshot lacks provenance
+        assert table["catalogue_list"].null_count == table.num_rows
+        assert "no pl_bmassprov column" in card
+    else:
+        with_mass = table.filter(pc.is_valid(table["pl_bmasse"]))
+        assert set(with_mass["pl_bmassprov"].to_pylist()) == {"literature (OEC)"}
+        assert "Radial Velocity" in table["discoverymethod"].to_pylist()
+        assert "pl_insol is computed" in card
+        row = table.filter(pc.equal(table["pl_name"], "Kepler-82 f")).to_pylist()[0]
+        assert row["hostname"] == "Kepler-82"
+
+
+def test_live_tap_job_publishes_and_reruns_unchanged(root, replay, config):
+    cfg = str(config())
+    assert run("nasa-exoplanets", "--root", root, "--config", cfg) == 0
+    store = Store(root)
+    first = store.open("nasa-exoplanets@latest")
+    table = first.read_table(planets.SHARD)
+    assert table.num_rows + first.manifest["quarantine"]["rows"] == NASA_FIXTURE_ROWS
+    assert "pl_bmassprov" in first.manifest["source"]["query"]
+    request = replay.requests[-1]
+    assert request.path == "/TAP/sync" and request.query["format"] == ["csv"]
+    assert "from pscomppars" in request.query["query"][0]
+    assert request.headers["User-Agent"].startswith("astrobio-train-datajobs/")
+
+    assert run("nasa-exoplanets", "--root", root, "--config", cfg) == 0
+    assert store.versions("nasa-exoplanets") == [first.version]
+    assert replay.count("/TAP/sync") == 2
+
+
+def test_ps_table_query_uses_default_flag(tmp_path, replay, config):
+    assert (
+        run("nasa-exoplanets", "--root", str(tmp_path), "--config", str(config(nasa_exoplanets={"table": "ps"}))) == 0
+    )
+    assert "from ps where default_flag = 1" in replay.requests[-1].query["query"][0]
+
+
+@pytest.mark.parametrize("faults", [("500",), ("503", "500"), ("slow",), ("reset",), ("truncate",)])
+def test_transient_faults_are_retried(tmp_path, replay, config, faults):
+    replay.fail("/TAP/sync", *faults)
+    assert run("nasa-exoplanets", "--root", str(tmp_path), "--config", str(config())) == 0
+    assert replay.count("/TAP/sync") == len(faults) + 1
+    assert Store(str(tmp_path)).latest("nasa-exoplanets") is not None
+
+
+def test_429_waits_for_retry_after(tmp_path, replay, config):
+    replay.retry_after_s = 1
+    replay.fail("/TAP/sync", "429")
+    started = time.monotonic()
+    assert run("nasa-exoplanets", "--root", str(tmp_path), "--config", str(config())) == 0
+    assert time.monotonic() - started >= 1.0  # the backoff alone would be ~0.05-0.1 s
+
+
+@pytest.mark.parametrize("fault", ["truncate", "500", "reset"])
+def test_persistent_fault_publishes_nothing_and_keeps_previous(root, replay, config, fault, capsys):
+    cfg = str(config())
+    assert run("nasa-exoplanets", "--root", root, "--config", cfg) == 0
+    store = Store(root)
+    before = store.versions("nasa-exoplanets")
+    replay.fail_always("/TAP/sync", fault)
+    assert run("nasa-exoplanets", "--root", root, "--config", cfg) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1 and "failed after 3 attempts" in err[0]
+    assert store.versions("nasa-exoplanets") == before
+    assert store.latest("nasa-exoplanets") == before[-1]
+    assert store.open("nasa-exoplanets@latest").verify() == []
+
+
+def test_conditional_request_unchanged_upstream_publishes_nothing(tmp_path, replay, config):
+    cfg, root = str(config()), str(tmp_path)
+    assert run("exoplanet-catalogue", "--root", root, "--config", cfg) == 0
+    version = Store(root).open("exoplanet-catalogue@latest")
+    assert version.manifest["source"]["validators"]["etag"]
+    assert run("exoplanet-catalogue", "--root", root, "--config", cfg) == 0
+    assert replay.requests[-1].headers.get("If-None-Match") == version.manifest["source"]["validators"]["etag"]
+    assert Store(root).versions("exoplanet-catalogue") == [version.version]
+
+
+def test_invalid_share_over_limit_is_refused(tmp_path, replay, config, capsys):
+    cfg = str(config(exoplanet_catalogue={"max_invalid_share": 0.0}))
+    assert run("exoplanet-catalogue", "--root", str(tmp_path), "--config", cfg) == 2
+    err = capsys.readouterr().err
+    assert "max_invalid_share" in err and "nothing published" in err
+    assert Store(str(tmp_path)).latest("exoplanet-catalogue") is None
+
+
+def test_file_missing_columns_is_one_line_exit_2(tmp_path, capsys):
+    bad = tmp_path / "not-planets.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert run("nasa-exoplanets", "--from-file", str(bad), "--root", str(tmp_path / "d")) == 2
+    assert "lacks column(s) pl_name" in capsys.readouterr().err
