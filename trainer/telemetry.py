@@ -106,7 +106,8 @@ class PrometheusMetrics:
         self.gpu_total = gauge("astrobio_gpu_memory_total_bytes", "Total memory of the CUDA device.")
         for kind in ("loss", "grad"):
             self.nonfinite.labels(**self.labels, kind=kind)
-        for metric in (self.ckpt_failures, self.resumes):
+        # Counters and histograms start at zero so rates and alerts work before the first event.
+        for metric in (self.ckpt_failures, self.resumes, self.step_seconds, self.data_wait, self.ckpt_seconds):
             metric.labels(**self.labels)
         self._server = None
 
