@@ -16,7 +16,7 @@ from tests.conftest import require_tool
 from tests.datajobs import s3server
 from tests.datajobs.helpers import FAST_HTTP
 from tests.datajobs.replay import ReplayServer
-from tests.datajobs.routes import routes
+from tests.datajobs.routes import KEGG_COMPOUNDS, KEGG_PATHWAYS, routes
 
 
 @pytest.fixture
@@ -39,6 +39,12 @@ def config(tmp_path, replay):
                 "arxiv_max_docs": 10,
                 "vocab_size": 300,
                 "val_fraction": 0.3,
+                "http": dict(FAST_HTTP),
+            },
+            "kegg": {
+                "kegg_url": replay.url("/kegg"),
+                "compounds": KEGG_COMPOUNDS,
+                "pathways": KEGG_PATHWAYS,
                 "http": dict(FAST_HTTP),
             },
         }

@@ -5,6 +5,9 @@ from __future__ import annotations
 from tests.datajobs.helpers import FIXTURES
 from tests.datajobs.replay import Recorded, Route
 
+KEGG_COMPOUNDS = ["C00023", "C00017", "C00099", "C00294", "C00298", "C00348", "C00349", "C01386"]
+KEGG_PATHWAYS = ["ko00010", "ko00253"]
+
 
 def _arxiv_page(query: dict[str, list[str]]) -> Recorded:
     page = int(query.get("start", ["0"])[0]) // 2
@@ -17,4 +20,6 @@ def routes() -> dict[str, Route]:
         "/TAP/sync": Recorded.file(FIXTURES / "nasa_tap" / "pscomppars_sync.csv", "text/csv"),
         "/oec.csv": Recorded.file(FIXTURES / "oec" / "open_exoplanet_catalogue_head300.csv", "text/plain", etag=True),
         "/api/query": _arxiv_page,
+        f"/kegg/get/{'+'.join(KEGG_COMPOUNDS)}": Recorded.file(FIXTURES / "kegg" / "compound.sample", "text/plain"),
+        **{f"/kegg/get/{p}/kgml": Recorded.file(FIXTURES / "kegg" / f"{p}.xml", "text/xml") for p in KEGG_PATHWAYS},
     }
