@@ -13,8 +13,8 @@ import pyarrow.csv as pacsv
 from datajobs.card import card
 from datajobs.errors import DataError
 from datajobs.job import Product
-from datajobs.store import Shard, schema_of, table_to_parquet
-from datajobs.validate import QUARANTINE_SHARD, Check, in_range, required, unique, validate
+from datajobs.store import Shard
+from datajobs.validate import Check, in_range, required, unique, validate
 
 SHARD = "planets.parquet"
 
@@ -114,11 +114,9 @@ def product(
     checked = validate(table, checks(), max_invalid_share=max_invalid_share, what=what)
     valid = checked.valid
     with_mass_radius = valid.filter(pc.and_(pc.is_valid(valid["pl_rade"]), pc.is_valid(valid["pl_bmasse"]))).num_rows
-    quarantine = checked.quarantine
     shards = [
         Shard.parquet(SHARD, valid),
-        # rows=None: the manifest's row count is the published data, not the rejects
-        Shard(QUARANTINE_SHARD, table_to_parquet(quarantine), rows=None, schema=schema_of(quarantine)),
+        checked.shard(),
         card(
             title,
             source=source_lines,
@@ -139,5 +137,5 @@ def product(
         source,
         rows_fetched=table.num_rows,
         rows_quarantined=checked.rows_invalid,
-        extra={"quarantine": {"rows": checked.rows_invalid, "reasons": checked.counts}},
+        extra=checked.summary(),
     )

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datajobs.errors import DataError
+from datajobs.store import Shard, schema_of, table_to_parquet
 
 QUARANTINE_SHARD = "quarantine.parquet"
 
@@ -77,6 +78,14 @@ class Validated:
     @property
     def rows_invalid(self) -> int:
         return self.quarantine.num_rows
+
+    def shard(self) -> Shard:
+        """quarantine.parquet; rows=None so the manifest's row count covers the published data only."""
+        return Shard(QUARANTINE_SHARD, table_to_parquet(self.quarantine), rows=None, schema=schema_of(self.quarantine))
+
+    def summary(self) -> dict[str, object]:
+        """For the manifest: {"quarantine": {"rows": n, "reasons": {reason: n}}}."""
+        return {"quarantine": {"rows": self.rows_invalid, "reasons": self.counts}}
 
 
 def validate(table: pa.Table, checks: list[Check], *, max_invalid_share: float, what: str) -> Validated:

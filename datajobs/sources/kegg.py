@@ -14,8 +14,8 @@ from datajobs.card import card
 from datajobs.config import HttpSettings, SourceConfig
 from datajobs.errors import DataError, require
 from datajobs.job import Context, Product
-from datajobs.store import Shard, schema_of, sha256_bytes, table_to_parquet
-from datajobs.validate import QUARANTINE_SHARD, Check, required, unique, validate
+from datajobs.store import Shard, sha256_bytes
+from datajobs.validate import Check, required, unique, validate
 
 DESCRIPTION = "KEGG compounds as molecular graphs (RDKit) and pathways as compound/reaction graphs (KGML)"
 SNAPSHOT = None  # KEGG's terms allow no redistribution: no bundled data, live or --from-file only
@@ -202,14 +202,13 @@ def build(ctx: Context) -> Product | None:
     checked = validate(compounds, checks, max_invalid_share=cfg.max_invalid_share, what="KEGG compounds")
     nodes, edges = pathway_tables(kgml)
     valid = checked.valid.drop_columns(["problem"])
-    quarantine = checked.quarantine
     shards = [
         Shard.parquet("compounds.parquet", valid),
         Shard.parquet("atoms.parquet", atoms),
         Shard.parquet("bonds.parquet", bonds),
         Shard.parquet("pathway_nodes.parquet", nodes),
         Shard.parquet("pathway_edges.parquet", edges),
-        Shard(QUARANTINE_SHARD, table_to_parquet(quarantine), rows=None, schema=schema_of(quarantine)),
+        checked.shard(),
         card(
             "kegg: KEGG compounds and pathways",
             source=[
@@ -239,5 +238,5 @@ def build(ctx: Context) -> Product | None:
         source,
         rows_fetched=compounds.num_rows,
         rows_quarantined=checked.rows_invalid,
-        extra={"quarantine": {"rows": checked.rows_invalid, "reasons": checked.counts}},
+        extra=checked.summary(),
     )

@@ -17,8 +17,8 @@ from datajobs.config import HttpSettings, SourceConfig
 from datajobs.errors import DataError, UpstreamError
 from datajobs.job import Context, Product, snapshot_path
 from datajobs.logs import track
-from datajobs.store import Shard, schema_of, table_to_parquet
-from datajobs.validate import QUARANTINE_SHARD, required, unique, validate
+from datajobs.store import Shard
+from datajobs.validate import required, unique, validate
 
 DESCRIPTION = "domain text corpus -> BPE tokenizer + packed token shards"
 SNAPSHOT = snapshot_path("text", "corpus.jsonl")
@@ -160,8 +160,7 @@ def build(ctx: Context) -> Product | None:
         packed = tokens.pack(tok, split_texts)
         shards += tokens.token_shards(name, packed, cfg.tokens_per_shard)
         splits[name] = {"docs": len(split_texts), "tokens": len(packed), "dtype": str(packed.dtype)}
-    quarantine = checked.quarantine
-    shards.append(Shard(QUARANTINE_SHARD, table_to_parquet(quarantine), rows=None, schema=schema_of(quarantine)))
+    shards.append(checked.shard())
     vocab = tok.get_vocab_size()
     shards.append(
         card(
@@ -196,6 +195,6 @@ def build(ctx: Context) -> Product | None:
         extra={
             "tokenizer": {"vocab_size": vocab, "eos_id": eos_id},
             "splits": {k: {"docs": v["docs"], "tokens": v["tokens"]} for k, v in splits.items()},
-            "quarantine": {"rows": checked.rows_invalid, "reasons": checked.counts},
+            **checked.summary(),
         },
     )
