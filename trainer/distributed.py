@@ -90,13 +90,13 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def any_rank(flag: bool, env: DistEnv) -> bool:
-    """True on every rank when the flag is set on any rank (one all-reduce, so all ranks stop together)."""
+def any_rank(flags: list[bool], env: DistEnv) -> list[bool]:
+    """Each flag is true on every rank when it is set on any rank (one all-reduce: all ranks stop together)."""
     if not env.is_distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=env.device)
+        return flags
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=env.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return [bool(v > 0) for v in t.tolist()]
 
 
 def mean_over_ranks(values: list[float], env: DistEnv) -> list[float]:

@@ -204,16 +204,17 @@ class Trainer:
                 tokens += out.tokens
             loss_value = loss_sum / tc.grad_accum_steps
             grad_norm = float(grad_norm_of(model, tc.clip_grad_norm))
-            bad_loss = not math.isfinite(loss_value)
-            bad_grad = not math.isfinite(grad_norm)
-            if distributed.any_rank(bad_loss or bad_grad, env):
-                kind = "loss" if bad_loss or not bad_grad else "grad"
+            local_bad = not math.isfinite(loss_value) or not math.isfinite(grad_norm)
+            bad_loss, bad_grad = distributed.any_rank(
+                [not math.isfinite(loss_value), not math.isfinite(grad_norm)], env)
+            if bad_loss or bad_grad:
+                kind = "loss" if bad_loss else "grad"
                 telemetry.on_nonfinite(state.step + 1, kind)
                 optimizer.zero_grad(set_to_none=True)
                 raise Divergence(
-                    f"non-finite {kind} at step {state.step + 1} (loss {loss_value}, grad norm {grad_norm}) "
-                    f"on {'this' if (bad_loss or bad_grad) else 'another'} rank; the step was not applied and no "
-                    f"checkpoint was written after step {state.step}; lower optim.lr or check the data"
+                    f"non-finite {kind} at step {state.step + 1} (here: loss {loss_value}, grad norm {grad_norm}"
+                    f"{'' if local_bad else ', finite on this rank'}); the step was not applied and no checkpoint "
+                    f"was written after step {state.step}; lower optim.lr or check the data"
                 )
             optimizer.step()
             scheduler.step()
@@ -233,7 +234,7 @@ class Trainer:
                     log.info("early stopping at step %d: no improvement in %d evaluations", state.step,
                              tc.early_stopping_patience)
             state.stopped_early = stopped_early
-            preempted = distributed.any_rank(self.stop.requested, env)
+            (preempted,) = distributed.any_rank([self.stop.requested], env)
             if preempted or stopped_early or at_end or state.step % cfg.checkpoint.every_steps == 0:
                 self._save(model, optimizer, scheduler, ckpt, telemetry, state)
             if preempted:
