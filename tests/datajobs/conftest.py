@@ -41,6 +41,7 @@ def config(tmp_path, replay):
                 "val_fraction": 0.3,
                 "http": dict(FAST_HTTP),
             },
+            "ncbi": {"eutils_url": replay.url("/ncbi"), "max_records": 6, "batch_size": 3, "http": dict(FAST_HTTP)},
             "kegg": {
                 "kegg_url": replay.url("/kegg"),
                 "compounds": KEGG_COMPOUNDS,

@@ -15,11 +15,17 @@ def _arxiv_page(query: dict[str, list[str]]) -> Recorded:
     return Recorded.file(path, "application/atom+xml") if path.exists() else Recorded(b"", "text/plain")
 
 
+def _efetch(query: dict[str, list[str]]) -> Recorded:
+    return Recorded.file(FIXTURES / "ncbi" / f"efetch-{query['retstart'][0]}.gb", "text/plain")
+
+
 def routes() -> dict[str, Route]:
     return {
         "/TAP/sync": Recorded.file(FIXTURES / "nasa_tap" / "pscomppars_sync.csv", "text/csv"),
         "/oec.csv": Recorded.file(FIXTURES / "oec" / "open_exoplanet_catalogue_head300.csv", "text/plain", etag=True),
         "/api/query": _arxiv_page,
+        "/ncbi/esearch.fcgi": Recorded.file(FIXTURES / "ncbi" / "esearch2.xml", "text/xml"),
+        "/ncbi/efetch.fcgi": _efetch,
         f"/kegg/get/{'+'.join(KEGG_COMPOUNDS)}": Recorded.file(FIXTURES / "kegg" / "compound.sample", "text/plain"),
         **{f"/kegg/get/{p}/kgml": Recorded.file(FIXTURES / "kegg" / f"{p}.xml", "text/xml") for p in KEGG_PATHWAYS},
     }
