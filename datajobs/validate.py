@@ -88,9 +88,11 @@ class Validated:
         return {"quarantine": {"rows": self.rows_invalid, "reasons": self.counts}}
 
 
-def validate(table: pa.Table, checks: list[Check], *, max_invalid_share: float, what: str) -> Validated:
+def validate(
+    table: pa.Table, checks: list[Check], *, max_invalid_share: float, what: str, allow_empty: bool = False
+) -> Validated:
     """Split rows into valid and quarantined; raise DataError when the invalid share exceeds the limit."""
-    if table.num_rows == 0:
+    if table.num_rows == 0 and not allow_empty:
         raise DataError(f"{what}: no rows to validate; the upstream response or file is empty")
     masks = [(check.reason, check.invalid(table)) for check in checks]
     bad = np.zeros(table.num_rows, dtype=bool)
@@ -101,7 +103,7 @@ def validate(table: pa.Table, checks: list[Check], *, max_invalid_share: float, 
     counts = Counter({r: int(m.sum()) for r, m in masks if m.any()})
     quarantine = table.take(pa.array(idx, pa.int64())).append_column("reason", pa.array(reasons, pa.string()))
     result = Validated(table.filter(pa.array(~bad)), quarantine, dict(sorted(counts.items())))
-    share = len(idx) / table.num_rows
+    share = len(idx) / max(table.num_rows, 1)
     if share > max_invalid_share:
         top = ", ".join(f"{r}: {n}" for r, n in counts.most_common(3))
         raise DataError(

@@ -41,6 +41,12 @@ def config(tmp_path, replay):
                 "val_fraction": 0.3,
                 "http": dict(FAST_HTTP),
             },
+            "mast": {
+                "mast_url": replay.url("/mast"),
+                "targets": ["L 98-59"],
+                "product_regex": r"\.csv$",
+                "http": dict(FAST_HTTP),
+            },
             "ncbi": {"eutils_url": replay.url("/ncbi"), "max_records": 6, "batch_size": 3, "http": dict(FAST_HTTP)},
             "kegg": {
                 "kegg_url": replay.url("/kegg"),

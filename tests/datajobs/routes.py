@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.datajobs.helpers import FIXTURES
 from tests.datajobs.replay import Recorded, Route
 
@@ -19,11 +21,30 @@ def _efetch(query: dict[str, list[str]]) -> Recorded:
     return Recorded.file(FIXTURES / "ncbi" / f"efetch-{query['retstart'][0]}.gb", "text/plain")
 
 
+MAST_ANSWERS = {
+    "Mast.Name.Lookup": "resolver.json",
+    "Mast.Caom.Filtered.Position": "caom.json",
+    "Mast.Caom.Products": "products_plus_fixture_row.json",
+}
+
+
+def _mast_invoke(query: dict[str, list[str]]) -> Recorded:
+    service = json.loads(query["request"][0])["service"]
+    return Recorded.file(FIXTURES / "mast" / MAST_ANSWERS[service], "application/json")
+
+
+def _mast_download(query: dict[str, list[str]]) -> Recorded:
+    assert query["uri"] == ["mast:FIXTURE/AT-WASP_39b_NIRISS_transmission_spectrum.csv"], query
+    return Recorded.file(FIXTURES / "mast" / "AT-WASP_39b_NIRISS_transmission_spectrum.csv", "text/csv")
+
+
 def routes() -> dict[str, Route]:
     return {
         "/TAP/sync": Recorded.file(FIXTURES / "nasa_tap" / "pscomppars_sync.csv", "text/csv"),
         "/oec.csv": Recorded.file(FIXTURES / "oec" / "open_exoplanet_catalogue_head300.csv", "text/plain", etag=True),
         "/api/query": _arxiv_page,
+        "/mast/api/v0/invoke": _mast_invoke,
+        "/mast/api/v0.1/Download/file": _mast_download,
         "/ncbi/esearch.fcgi": Recorded.file(FIXTURES / "ncbi" / "esearch2.xml", "text/xml"),
         "/ncbi/efetch.fcgi": _efetch,
         f"/kegg/get/{'+'.join(KEGG_COMPOUNDS)}": Recorded.file(FIXTURES / "kegg" / "compound.sample", "text/plain"),

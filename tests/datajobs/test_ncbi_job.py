@@ -18,8 +18,14 @@ def test_esearch_history_then_batched_efetch(tmp_path, replay, config, monkeypat
     version = Store(root).open("ncbi@latest")
     assert "secret-test-key" not in (tmp_path / "datasets" / "ncbi" / version.version / "manifest.json").read_text()
     records = version.read_table("records.parquet")
-    assert records["accession"].to_pylist() == ["X55053.1", "X62281.1", "M81224.1", "AJ237582.1", "L31939.1",
-                                                "AF297471.1"]
+    assert records["accession"].to_pylist() == [
+        "X55053.1",
+        "X62281.1",
+        "M81224.1",
+        "AJ237582.1",
+        "L31939.1",
+        "AF297471.1",
+    ]
     first = records.to_pylist()[0]
     assert first["organism"] == "Arabidopsis thaliana" and first["taxon_id"] == 3702 and first["length"] == 513
     assert len(first["sequence"]) == 513
