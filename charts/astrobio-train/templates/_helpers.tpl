@@ -126,6 +126,13 @@ seccompProfile:
   value: /tmp/.cache
 {{- end -}}
 
+{{/* "true" when the data jobs mount the PVC: it is enabled and the dataset root lies below its mount path */}}
+{{- define "astrobio.dataOnPvc" -}}
+{{- with .Values.storage -}}
+{{- if and .pvc.enabled (hasPrefix (printf "%s/" (trimSuffix "/" .pvc.mountPath)) .dataRoot) -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "astrobio.pvcName" -}}
 {{- default (printf "%s-data" (include "astrobio.fullname" .)) .Values.storage.pvc.existingClaim -}}
 {{- end -}}

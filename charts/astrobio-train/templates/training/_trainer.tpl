@@ -99,23 +99,20 @@ spec:
     - name: pytorch
       image: {{ include "astrobio.image" (dict "image" $v.images.trainer "root" $root) }}
       imagePullPolicy: {{ $v.images.trainer.pullPolicy }}
-      # astrobio-launch is torchrun (which reads the operator's PET_* variables) that exits with the
-      # failed rank's own code, so restartPolicy ExitCode sees 2, 3 or 143 instead of torchrun's 1.
-      command: [astrobio-launch]
+      # `astrobio-train run` starts --nproc-per-node workers itself from the operator's PET_* variables
+      # (torch elastic, like torchrun) and exits with the failed worker's own code, so restartPolicy ExitCode
+      # sees 2, 3 or 143 where torchrun would exit 1; with one process per pod it trains in-process.
+      command: [astrobio-train]
       args:
-        - --nproc-per-node={{ $nproc }}
-        - --no-python
-        - astrobio-train
         - run
         - -c
         - /etc/astrobio/config.yaml
+        - --nproc-per-node={{ $nproc }}
         {{- range $job.extraArgs }}
         - {{ . | quote }}
         {{- end }}
       env:
         {{- include "astrobio.storageEnv" $root | nindent 8 }}
-        - name: PET_SHUTDOWN_TIMEOUT
-          value: {{ sub $job.terminationGracePeriodSeconds 10 | quote }}
         - name: MPLCONFIGDIR
           value: /tmp/.matplotlib
         - name: TRITON_CACHE_DIR
