@@ -58,15 +58,27 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 class PrometheusMetrics:
-    """The `astrobio_*` series of docs/contracts.md, in a registry of their own, served over HTTP."""
+    """The `astrobio_*` series of docs/contracts.md, in a registry of their own, served over HTTP.
 
-    def __init__(self, component: str, rank: int) -> None:
+    Each attribute is the labelled child (`component`, `rank`), bound once so a step pays no label lookup.
+    Gauges read NaN until first set (not measured yet); GPU gauges exist only on CUDA devices.
+    """
+
+    def __init__(self, component: str, rank: int, device: torch.device) -> None:
         self.registry = CollectorRegistry()
-        self.labels = {"component": component, "rank": str(rank)}
-        names = list(self.labels)
+        labels = {"component": component, "rank": str(rank)}
+        names = list(labels)
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, names, registry=self.registry)
+        def gauge(name: str, doc: str):
+            child = Gauge(name, doc, names, registry=self.registry).labels(**labels)
+            child.set(float("nan"))
+            return child
+
+        def histogram(name: str, doc: str):
+            return Histogram(name, doc, names, buckets=STEP_BUCKETS, registry=self.registry).labels(**labels)
+
+        def counter(name: str, doc: str):
+            return Counter(name, doc, names, registry=self.registry).labels(**labels)
 
         self.step = gauge("astrobio_train_step", "Last completed optimizer step.")
         self.last_step_ts = gauge("astrobio_train_last_step_timestamp_seconds", "Unix time of the last step.")
@@ -77,38 +89,22 @@ class PrometheusMetrics:
         self.samples_ps = gauge("astrobio_samples_per_second", "Samples per second over the last window.")
         self.tokens_ps = gauge("astrobio_tokens_per_second", "Tokens per second over the last window.")
         self.mfu = gauge("astrobio_mfu_ratio", "Model FLOPs utilisation (0..1).")
-        self.step_seconds = Histogram(
-            "astrobio_step_seconds", "Wall time per optimizer step.", names, buckets=STEP_BUCKETS,
-            registry=self.registry,
-        )
-        self.data_wait = Histogram(
-            "astrobio_data_wait_seconds", "Time waiting for data per optimizer step.", names, buckets=STEP_BUCKETS,
-            registry=self.registry,
-        )
-        self.ckpt_seconds = Histogram(
-            "astrobio_checkpoint_seconds", "Time to write a checkpoint.", names, buckets=STEP_BUCKETS,
-            registry=self.registry,
-        )
-        self.ckpt_failures = Counter(
-            "astrobio_checkpoint_failures", "Checkpoint writes that failed.", names, registry=self.registry
-        )
-        self.nonfinite = Counter(
-            "astrobio_nonfinite_events", "Non-finite loss or gradient norms.", [*names, "kind"],
-            registry=self.registry,
-        )
-        self.resumes = Counter(
-            "astrobio_train_resumes", "Resumes from a checkpoint.", names, registry=self.registry
-        )
+        self.step_seconds = histogram("astrobio_step_seconds", "Wall time per optimizer step.")
+        self.data_wait = histogram("astrobio_data_wait_seconds", "Time waiting for data per optimizer step.")
+        self.ckpt_seconds = histogram("astrobio_checkpoint_seconds", "Time to write a checkpoint.")
+        self.ckpt_failures = counter("astrobio_checkpoint_failures", "Checkpoint writes that failed.")
+        self.resumes = counter("astrobio_train_resumes", "Resumes from a checkpoint.")
+        nonfinite = Counter("astrobio_nonfinite_events", "Non-finite loss or gradient norms.", [*names, "kind"],
+                            registry=self.registry)
+        self.nonfinite = {kind: nonfinite.labels(**labels, kind=kind) for kind in ("loss", "grad")}
         self.memory = gauge("astrobio_process_memory_bytes", "Resident memory of the process.")
-        self.gpu_allocated = gauge("astrobio_gpu_memory_allocated_bytes", "CUDA memory allocated by tensors.")
-        self.gpu_reserved = gauge("astrobio_gpu_memory_reserved_bytes", "CUDA memory reserved by the allocator.")
-        self.gpu_peak = gauge("astrobio_gpu_memory_peak_bytes", "Peak CUDA memory allocated.")
-        self.gpu_total = gauge("astrobio_gpu_memory_total_bytes", "Total memory of the CUDA device.")
-        for kind in ("loss", "grad"):
-            self.nonfinite.labels(**self.labels, kind=kind)
-        # Counters and histograms start at zero so rates and alerts work before the first event.
-        for metric in (self.ckpt_failures, self.resumes, self.step_seconds, self.data_wait, self.ckpt_seconds):
-            metric.labels(**self.labels)
+        self.device = device
+        if device.type == "cuda":
+            self.gpu_allocated = gauge("astrobio_gpu_memory_allocated_bytes", "CUDA memory allocated by tensors.")
+            self.gpu_reserved = gauge("astrobio_gpu_memory_reserved_bytes", "CUDA memory reserved by the allocator.")
+            self.gpu_peak = gauge("astrobio_gpu_memory_peak_bytes", "Peak CUDA memory allocated.")
+            self.gpu_total = gauge("astrobio_gpu_memory_total_bytes", "Total memory of the CUDA device.")
+            self.gpu_total.set(torch.cuda.get_device_properties(device).total_memory)
         self._server = None
 
     def serve(self, port: int) -> None:
@@ -119,13 +115,12 @@ class PrometheusMetrics:
             self._server.shutdown()
             self._server = None
 
-    def update_memory(self, device: torch.device) -> None:
-        self.memory.labels(**self.labels).set(process_memory_bytes())
-        if device.type == "cuda":
-            self.gpu_allocated.labels(**self.labels).set(torch.cuda.memory_allocated(device))
-            self.gpu_reserved.labels(**self.labels).set(torch.cuda.memory_reserved(device))
-            self.gpu_peak.labels(**self.labels).set(torch.cuda.max_memory_allocated(device))
-            self.gpu_total.labels(**self.labels).set(torch.cuda.get_device_properties(device).total_memory)
+    def update_memory(self) -> None:
+        self.memory.set(process_memory_bytes())
+        if self.device.type == "cuda":
+            self.gpu_allocated.set(torch.cuda.memory_allocated(self.device))
+            self.gpu_reserved.set(torch.cuda.memory_reserved(self.device))
+            self.gpu_peak.set(torch.cuda.max_memory_allocated(self.device))
 
 
 class Telemetry:
@@ -137,8 +132,7 @@ class Telemetry:
         self.device = device
         self.max_steps = max_steps
         self.is_main = rank == 0
-        self.prom = PrometheusMetrics(component, rank)
-        self.labels = self.prom.labels
+        self.prom = PrometheusMetrics(component, rank, device)
         if cfg.metrics_port:
             self.prom.serve(cfg.metrics_port + local_rank)
         self._peak = peak_flops(device)
@@ -157,10 +151,11 @@ class Telemetry:
             self._wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name, dir=str(run_dir),
                                      config=run_config, resume="allow")
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: dict[str, Any], flush: bool = True) -> None:
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(record) + "\n")
-            self._jsonl.flush()
+            if flush:
+                self._jsonl.flush()
         step = record["step"]
         scalars = {f"{record['kind']}/{k}": v for k, v in record.items()
                    if k not in ("step", "kind", "time") and isinstance(v, int | float)}
@@ -171,26 +166,27 @@ class Telemetry:
             self._wandb.log(scalars, step=step)
 
     def on_resume(self, step: int) -> None:
-        self.prom.resumes.labels(**self.labels).inc()
+        self.prom.resumes.inc()
         if self.is_main:
             log.info("resumed from step %d", step)
 
     def on_step(self, rec: StepRecord) -> None:
-        p, lab = self.prom, self.labels
-        p.step.labels(**lab).set(rec.step)
-        p.last_step_ts.labels(**lab).set(time.time())
-        p.loss.labels(**lab).set(rec.loss)
-        p.lr.labels(**lab).set(rec.lr)
-        p.grad_norm.labels(**lab).set(rec.grad_norm)
-        p.step_seconds.labels(**lab).observe(rec.step_seconds)
-        p.data_wait.labels(**lab).observe(rec.data_wait_seconds)
+        p, now = self.prom, time.time()
+        p.step.set(rec.step)
+        p.last_step_ts.set(now)
+        p.loss.set(rec.loss)
+        p.lr.set(rec.lr)
+        p.grad_norm.set(rec.grad_norm)
+        p.step_seconds.observe(rec.step_seconds)
+        p.data_wait.observe(rec.data_wait_seconds)
         self._window.append(rec)
-        record = {"kind": "train", "step": rec.step, "time": time.time(), "loss": rec.loss, "lr": rec.lr,
+        record = {"kind": "train", "step": rec.step, "time": now, "loss": rec.loss, "lr": rec.lr,
                   "grad_norm": rec.grad_norm, "step_seconds": rec.step_seconds,
                   "data_wait_seconds": rec.data_wait_seconds}
-        if rec.step % self.log_every == 0 or rec.step == self.max_steps:
+        window_end = rec.step % self.log_every == 0 or rec.step == self.max_steps
+        if window_end:
             self._flush_window(record)
-        self._write(record)
+        self._write(record, flush=window_end)
 
     def _flush_window(self, record: dict[str, Any]) -> None:
         elapsed = max(time.perf_counter() - self._window_started, 1e-9)
@@ -198,16 +194,16 @@ class Telemetry:
         tokens = sum(r.tokens for r in self._window)
         sps = samples / elapsed
         record["samples_per_second"] = sps
-        self.prom.samples_ps.labels(**self.labels).set(sps)
+        self.prom.samples_ps.set(sps)
         if tokens:
             record["tokens_per_second"] = tokens / elapsed
-            self.prom.tokens_ps.labels(**self.labels).set(tokens / elapsed)
+            self.prom.tokens_ps.set(tokens / elapsed)
         flops = [r.flops for r in self._window]
         if self._peak and all(f is not None for f in flops):
             mfu = sum(flops) / elapsed / self._peak
             record["mfu"] = mfu
-            self.prom.mfu.labels(**self.labels).set(mfu)
-        self.prom.update_memory(self.device)
+            self.prom.mfu.set(mfu)
+        self.prom.update_memory()
         if self.device.type == "cuda":
             record["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(self.device)
         self._window = []
@@ -228,25 +224,25 @@ class Telemetry:
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         if "loss" in metrics:
-            self.prom.eval_loss.labels(**self.labels).set(metrics["loss"])
+            self.prom.eval_loss.set(metrics["loss"])
         self._write({"kind": "eval", "step": step, "time": time.time(), **metrics})
         if self.is_main and self.cfg.console:
             log.info("eval step %d %s", step, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def on_checkpoint(self, step: int, seconds: float | None) -> None:
         if seconds is None:
-            self.prom.ckpt_failures.labels(**self.labels).inc()
+            self.prom.ckpt_failures.inc()
             return
-        self.prom.ckpt_seconds.labels(**self.labels).observe(seconds)
+        self.prom.ckpt_seconds.observe(seconds)
         self._write({"kind": "checkpoint", "step": step, "time": time.time(), "seconds": seconds})
 
     def on_nonfinite(self, step: int, kind: str) -> None:
-        self.prom.nonfinite.labels(**self.labels, kind=kind).inc()
+        self.prom.nonfinite[kind].inc()
         self._write({"kind": "nonfinite", "step": step, "time": time.time(), "what": kind})
 
     def close(self) -> None:
         """Flush sinks; keep /metrics up for `metrics_linger_seconds` so the last values get scraped."""
-        self.prom.update_memory(self.device)
+        self.prom.update_memory()
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None

@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -157,3 +158,31 @@ def test_nasa_snapshot_without_mass_provenance_is_refused(tmp_path: Path) -> Non
     result = run_cli(planets_args(root, tmp_path / "runs", "data.dataset=nasa-exoplanets"))
     assert result.returncode == 2
     assert "mass provenance unknown" in result.stderr
+
+
+def test_tensorboard_and_wandb_offline_sinks(data_root: Path, tmp_path: Path) -> None:
+    result = run_cli(planets_args(data_root, tmp_path, "train.max_steps=30", "train.eval_every=10",
+                                  "logging.tensorboard=true", "logging.wandb=true"),
+                     WANDB_MODE="offline", WANDB_SILENT="true")
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "planets"
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert {"train/loss", "eval/loss"} <= set(acc.Tags()["scalars"])
+    assert len(acc.Scalars("train/loss")) == 30
+    offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline and offline[0].stat().st_size > 0
+
+
+def test_missing_extra_is_one_line_naming_it(data_root: Path, tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['torch.utils.tensorboard'] = None; from trainer.cli import main; "
+            f"sys.exit(main({planets_args(data_root, tmp_path, 'logging.tensorboard=true')[1:]!r}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].endswith("install it with `pip install 'astrobio-train[tensorboard]'`"), result.stderr
+    assert len(lines) == 1, result.stderr
