@@ -30,7 +30,8 @@ venv: $(BIN)/.installed  ## create .venv with the whole stack (CPU torch first)
 tools:  ## install what the tests talk to: helm, promtool/prometheus, pushgateway, Ceph RGW (S3)
 	bash tests/tools/install-all.sh $(CURDIR)/.tools
 
-train: venv  ## import the bundled NASA snapshot and train the planets model on CPU
+train: venv  ## import the bundled real snapshots and train the planets model on CPU
+	$(BIN)/astrobio-data run exoplanet-catalogue --from-snapshot
 	$(BIN)/astrobio-data run nasa-exoplanets --from-snapshot
 	$(BIN)/astrobio-train run -c configs/planets.yaml
 
