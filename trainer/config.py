@@ -23,50 +23,51 @@ class DataConfig(Section):
     root: str | None = Field(None, description="storage root URL; default $ASTROBIO_DATA_ROOT or ./data")
     dataset: str = Field(description="dataset reference NAME[@VERSION|@latest]")
     batch_size: int = Field(64, gt=0, description="micro-batch size per data-parallel rank")
-    eval_batch_size: int | None = Field(None, gt=0)
-    num_workers: int = Field(0, ge=0)
-    split_seed: int = 0
-    val_fraction: float = Field(0.15, ge=0, lt=1)
-    test_fraction: float = Field(0.15, ge=0, lt=1)
+    eval_batch_size: int | None = Field(None, gt=0, description="validation batch size; default batch_size")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per rank")
+    split_seed: int = Field(0, description="seed of the train/val/test split (stable per item)")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="share of items held out for validation")
+    test_fraction: float = Field(0.15, ge=0, lt=1, description="share of items held out for the final test")
 
 
 class OptimConfig(Section):
-    name: Literal["adamw", "adamw8bit", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
+    name: Literal["adamw", "adamw8bit", "sgd"] = Field("adamw", description="adamw8bit needs the gpu extra")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="decoupled decay of matrices (not biases/norms)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon")
     momentum: float = Field(0.9, ge=0, description="sgd only")
 
 
 class ScheduleConfig(Section):
-    name: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
+    name: Literal["cosine", "constant"] = Field("cosine", description="after warmup: cosine decay or constant")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup from lr/warmup_steps to lr")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of optim.lr")
 
 
 class TrainConfig(Section):
     max_steps: int = Field(gt=0, description="optimizer steps")
-    grad_accum_steps: int = Field(1, gt=0)
-    clip_grad_norm: float | None = Field(1.0, gt=0)
-    precision: Literal["bf16", "fp32"] = "bf16"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
-    eval_every: int = Field(100, gt=0)
+    grad_accum_steps: int = Field(1, gt=0, description="micro-batches per optimizer step (no sync until the last)")
+    clip_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm; null = no clipping")
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 autocast (CPU and GPU) or plain fp32")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    seed: int = Field(0, description="seed of initialisation and of the sample order")
+    eval_every: int = Field(100, gt=0, description="evaluate every N optimizer steps (and at the end)")
     eval_batches: int | None = Field(None, gt=0, description="cap on validation batches per evaluation")
     early_stopping_patience: int | None = Field(None, gt=0, description="evaluations without improvement")
-    log_every: int = Field(10, gt=0)
-    activation_checkpointing: Literal["none", "selective", "full"] = "none"
-    compile: bool = False
+    log_every: int = Field(10, gt=0, description="console line and throughput window every N steps")
+    activation_checkpointing: Literal["none", "selective", "full"] = Field(
+        "none", description="recompute activations of every block (full) or every other block (selective)")
+    compile: bool = Field(False, description="torch.compile each block")
     inject_nan_at_step: int | None = Field(None, ge=0, description="fault injection: non-finite loss at step")
     inject_nan_rank: int | None = Field(None, ge=0, description="fault injection: only on this rank")
 
 
 class CheckpointConfig(Section):
-    every_steps: int = Field(100, gt=0)
-    keep_last: int = Field(3, gt=0)
+    every_steps: int = Field(100, gt=0, description="checkpoint every N steps (and at the end and on SIGTERM)")
+    keep_last: int = Field(3, gt=0, description="complete checkpoints kept; older ones are deleted")
     resume: bool = Field(True, description="resume from the newest complete checkpoint in the run folder")
-    save_best: bool = True
+    save_best: bool = Field(True, description="keep the best validation weights in best/model.safetensors")
 
 
 class LoggingConfig(Section):
@@ -74,26 +75,26 @@ class LoggingConfig(Section):
     run_name: str | None = Field(None, description="default: the component name; same name = resume")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port (+ local rank); 0/none off")
     metrics_linger_seconds: float = Field(0, ge=0, description="keep /metrics up this long after the run")
-    console: bool = True
-    tensorboard: bool = False
-    wandb: bool = False
-    wandb_project: str = "astrobio-train"
+    console: bool = Field(True, description="progress lines on stderr (rank 0)")
+    tensorboard: bool = Field(False, description="TensorBoard events in <run>/tensorboard (tensorboard extra)")
+    wandb: bool = Field(False, description="Weights & Biases run (wandb extra; WANDB_MODE=offline works)")
+    wandb_project: str = Field("astrobio-train", description="W&B project name")
 
 
 class DistributedConfig(Section):
-    strategy: Literal["none", "ddp", "fsdp", "deepspeed"] = "none"
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
-    timeout_seconds: int = Field(1800, gt=0)
+    strategy: Literal["none", "ddp", "fsdp", "deepspeed"] = Field("none", description="how ranks share the work")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto = nccl on CUDA, else gloo")
+    timeout_seconds: int = Field(1800, gt=0, description="collective timeout")
     fsdp_reshard_after_forward: bool = Field(True, description="true = ZeRO-3, false = ZeRO-2")
-    fsdp_param_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    fsdp_param_dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="FSDP2 compute dtype of params")
     zero_stage: Literal[1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
     offload_optimizer: bool = Field(False, description="DeepSpeed: optimizer state and step on the CPU")
     offload_params: bool = Field(False, description="DeepSpeed ZeRO-3: parameters on the CPU")
 
 
 class RunConfig(Section):
-    component: str
-    description: str = ""
+    component: str = Field(description="what to train; `astrobio-train components` lists them")
+    description: str = Field("", description="free text, shown in the report")
     data: DataConfig
     model: dict[str, Any] = Field(default_factory=dict, description="validated by the component's ModelConfig")
     optim: OptimConfig = Field(default_factory=OptimConfig)
