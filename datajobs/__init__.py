@@ -1,0 +1,1 @@
+"""Data acquisition jobs: fetch real archive data, validate it, publish versioned datasets (torch-free)."""

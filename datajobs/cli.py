@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from datajobs import logs, sources
+from datajobs.card import CARD_SHARD
 from datajobs.errors import AstrobioError, DataError
 from datajobs.runner import run_source
 from datajobs.store import Store
@@ -56,7 +57,7 @@ def _list(store: Store) -> None:
 def _show(store: Store, ref: str, card: bool) -> None:
     version = store.open(ref)
     if card:
-        print(version.read_bytes("CARD.md").decode(), end="")
+        print(version.read_bytes(CARD_SHARD).decode(), end="")
     else:
         print(json.dumps(version.manifest, indent=2, sort_keys=True))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -187,8 +188,13 @@ class HttpClient:
         )
 
 
+SECRET_PARAMS = re.compile(r"((?:api_key|apikey|token|key)=)[^&\s'\"]+", re.IGNORECASE)
+
+
 def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    """The first line of an error, with secrets in URLs (e.g. NCBI's api_key) masked: it is logged."""
+    text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    return SECRET_PARAMS.sub(r"\1***", text)
 
 
 def _snippet(body: bytes) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datajobs.cli import main
 from datajobs.store import Store
+from tests.datajobs.helpers import cli, error_line
 
 
 def test_esearch_history_then_batched_efetch(tmp_path, replay, config, monkeypatch):
@@ -38,3 +39,13 @@ def test_truncated_efetch_publishes_nothing(tmp_path, replay, config, capsys):
     assert main(["run", "ncbi", "--root", str(tmp_path), "--config", str(config())]) == 1
     assert Store(str(tmp_path)).latest("ncbi") is None
     assert "failed after 3 attempts" in capsys.readouterr().err
+
+
+def test_api_key_never_in_error_lines(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "ncbi:\n  eutils_url: http://127.0.0.1:9/eutils\n  http: {max_attempts: 2, backoff_initial_s: 0.01}\n"
+    )
+    proc = cli("run", "ncbi", "--config", str(cfg), "--root", str(tmp_path), env={"NCBI_API_KEY": "secret-test-key"})
+    assert proc.returncode == 1 and "failed after 2 attempts" in error_line(proc)
+    assert "api_key=***" in proc.stderr and "secret-test-key" not in proc.stderr + proc.stdout

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 
+import fsspec
 import pyarrow.compute as pc
 import pytest
 
 from datajobs import planets
 from datajobs.cli import main
 from datajobs.store import Store
+from tests.datajobs.helpers import cli, error_line
 
 NASA_FIXTURE_ROWS = 300
 
@@ -125,3 +127,15 @@ def test_file_missing_columns_is_one_line_exit_2(tmp_path, capsys):
     bad.write_text("a,b\n1,2\n")
     assert run("nasa-exoplanets", "--from-file", str(bad), "--root", str(tmp_path / "d")) == 2
     assert "lacks column(s) pl_name" in capsys.readouterr().err
+
+
+def test_corrupted_shard_fails_verify_on_both_roots(root, replay, config):
+    assert run("nasa-exoplanets", "--root", root, "--config", str(config())) == 0
+    version = Store(root).open("nasa-exoplanets@latest")
+    fs, path = fsspec.core.url_to_fs(f"{version.url}/{planets.SHARD}")
+    data = bytearray(fs.cat_file(path))
+    data[-20] ^= 0xFF
+    fs.pipe_file(path, bytes(data))
+    proc = cli("verify", "nasa-exoplanets@latest", "--root", root)  # a new process: env carries the S3 keys
+    assert proc.returncode == 2
+    assert "planets.parquet fails its checksum" in error_line(proc)
