@@ -31,7 +31,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datajobs.errors import DataError
+from datajobs.errors import DataError, MissingExtraError
 
 DEFAULT_ROOT = "./data"
 ROOT_ENV = "ASTROBIO_DATA_ROOT"
@@ -196,7 +196,12 @@ class Store:
 
     def __init__(self, root: str | None = None, **storage_options: Any) -> None:
         self.root = resolve_root(root).rstrip("/")
-        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **storage_options)
+        try:
+            self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **storage_options)
+        except ImportError as exc:
+            protocol = self.root.split("://", 1)[0]
+            extra = "s3" if protocol in ("s3", "s3a") else protocol
+            raise MissingExtraError(f"the {protocol}:// filesystem ({exc.name or 'its driver'})", extra) from None
         self.is_local = "file" in (
             self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         )
