@@ -12,6 +12,17 @@ T = TypeVar("T")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
+class KeyValueFormatter(logging.Formatter):
+    """For a terminal: the message followed by its `extra=` fields as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join([record.getMessage(), *(f"{k}={v}" for k, v in _extras(record).items())])
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any `extra=` fields."""
 
@@ -22,7 +33,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        out.update(_extras(record))
         return json.dumps(out, default=str)
 
 
@@ -38,7 +49,9 @@ def setup(level: int = logging.INFO) -> None:
     if is_tty():
         from rich.logging import RichHandler
 
-        root.addHandler(RichHandler(show_path=False, rich_tracebacks=False))
+        handler = RichHandler(show_path=False, rich_tracebacks=False)
+        handler.setFormatter(KeyValueFormatter())
+        root.addHandler(handler)
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -55,3 +56,10 @@ def test_bad_jsonl_line_is_exit_2(tmp_path, capsys):
     corpus.write_text('{"id": "a", "text": "hello"}\nnot json\n')
     assert main(["run", "text", "--from-file", str(corpus), "--root", str(tmp_path / "d")]) == 2
     assert "line 2 is not JSON" in capsys.readouterr().err
+
+
+def test_per_host_rate_limit_spaces_requests(tmp_path, replay, config):
+    cfg = config(text={"http": {"requests_per_second": 5.0, "timeout_s": 2.0}})
+    started = time.monotonic()
+    assert main(["run", "text", "--root", str(tmp_path), "--config", str(cfg)]) == 0
+    assert len(replay.requests) == 3 and time.monotonic() - started >= 0.4  # 3 pages at 5/s: 0, 0.2, 0.4 s
