@@ -18,31 +18,30 @@ def bnb_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def quantize_nf4(model: nn.Module, device: torch.device, compute_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Replace every Linear inside the blocks by a bitsandbytes NF4 Linear4bit (double quant) on device.
-
-    Embeddings, norms and the output head stay in compute_dtype. Done block by block, so the peak is
-    the quantized model plus one block in full precision.
-    """
+def quantize_block(block: nn.Module, device: torch.device, compute_dtype: torch.dtype = torch.bfloat16) -> None:
+    """Replace every nn.Linear inside block by a bitsandbytes NF4 Linear4bit (double quant) on device."""
     import bitsandbytes as bnb
 
+    for parent in list(block.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear:
+                continue
+            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False, compute_dtype=compute_dtype,
+                                  quant_type="nf4", compress_statistics=True, device="meta")
+            q.weight = bnb.nn.Params4bit(child.weight.data.to(compute_dtype), requires_grad=False,
+                                         quant_type="nf4", compress_statistics=True)
+            setattr(parent, name, q.to(device))
+
+
+def quantize_nf4(model: nn.Module, device: torch.device, compute_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """NF4 block linears; embeddings, norms and head cast to compute_dtype; everything moved to device."""
     for block in blocks(model):
-        for parent in list(block.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is not nn.Linear:
-                    continue
-                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
-                                      compute_dtype=compute_dtype, quant_type="nf4", compress_statistics=True,
-                                      device="meta")
-                q.weight = bnb.nn.Params4bit(child.weight.data.to(compute_dtype), requires_grad=False,
-                                             quant_type="nf4", compress_statistics=True)
-                setattr(parent, name, q.to(device))
-    for name, param in model.named_parameters():
-        if "weight" in name and param.dtype.is_floating_point:
+        quantize_block(block, device, compute_dtype)
+    for param in model.parameters():
+        if param.dtype.is_floating_point:
             param.data = param.data.to(device=device, dtype=compute_dtype)
-    for name, buf in model.named_buffers():
-        if name.endswith("rope"):
-            buf.data = buf.data.to(device)
+    for buf in model.buffers():
+        buf.data = buf.data.to(device)
     return model
 
 

@@ -108,36 +108,43 @@ def layer_activation_bytes(w: Workload, resid_bytes: int) -> int:
     Per token: two RMSNorm inputs (the residual dtype on CUDA's fused kernel; fp32 input and fp32
     normalised output on CPU), qkv input 2d, qkv output 2(d + 2kv), rotated q 2d and k 2kv, attention
     output 2d and its log-sum-exp 4h, MLP input 2d, gate/up output 4f, silu output 2f, down input 2f.
-    The math SDPA path (head_dim not a multiple of 8) also keeps scores and probabilities, 4hT.
+    Measured on an H100 within 0.5% (docs/memory.md). SDPA's flash kernel pads odd head sizes (68 for
+    the 13B shape) and still keeps only output and log-sum-exp.
     """
     a = w.args
     d, kv, f, h = a.dim, a.kv_heads * a.head_dim, a.hidden_dim, a.n_heads
     norms = 2 * (resid_bytes * d if w.device == "cuda" else 8 * d + 4)
     per_token = norms + 10 * d + 6 * kv + 8 * f + 4 * h
-    if a.attention == "sdpa" and a.head_dim % 8 and w.device == "cuda":
-        per_token += 4 * h * w.seq_len
     if w.finetune != "full":
         per_token += 2 * w.lora_rank * len(LORA_TARGETS)
     return per_token
 
 
+def recomputed_blocks(w: Workload) -> int:
+    """Blocks whose activations are recomputed in backward (parallelize.apply_activation_checkpointing)."""
+    return {"none": 0, "selective": w.args.n_layers // 2, "full": w.args.n_layers}[w.checkpointing]
+
+
 def activation_bytes(w: Workload, resid_bytes: int) -> int:
-    """Saved activations of all blocks under the checkpointing mode, plus the final norm and head input."""
+    """Activations kept from forward to backward: full blocks, block inputs of recomputed ones, the head."""
     a, tokens = w.args, w.micro_batch * w.seq_len
-    full, ckpt = layer_activation_bytes(w, resid_bytes), resid_bytes * a.dim
-    recomputed = {"none": 0, "selective": a.n_layers // 2, "full": a.n_layers}[w.checkpointing]
-    stored = (a.n_layers - recomputed) * full + recomputed * ckpt + (full if recomputed else 0)
-    head = (resid_bytes * a.dim if w.device == "cuda" else 8 * a.dim) + 2 * a.dim
-    return tokens * (stored + head + resid_bytes * a.dim)
+    recomputed = recomputed_blocks(w)
+    stored = (a.n_layers - recomputed) * layer_activation_bytes(w, resid_bytes) + recomputed * resid_bytes * a.dim
+    head = (resid_bytes * a.dim if w.device == "cuda" else 8 * a.dim + 4) + 2 * a.dim
+    return tokens * (stored + head)
 
 
 def logits_bytes(w: Workload) -> int:
-    """Loss peak in backward: fp32 log-softmax kept + its incoming grad + its outgoing grad, 12 B/logit."""
-    return 12 * w.micro_batch * w.seq_len * w.args.vocab_size
+    """Loss peak at the start of backward: bf16 logits 2 + fp32 log-softmax 4 + its gradient 4 B/logit.
+
+    While the loss is computed (autocast still on) the peak is 2 B/logit less. CPU keeps 2 B/logit
+    more (both measured, docs/memory.md).
+    """
+    return (10 if w.device == "cuda" else 12) * w.micro_batch * w.seq_len * w.args.vocab_size
 
 
 def plan(w: Workload, s: Strategy, hw: Hardware) -> Plan:
-    """Sum every term of one strategy; the peak is the larger of the backward start and the step."""
+    """Every memory term of one strategy, per GPU and per host, and the verdict."""
     a = w.args
     total, trainable, linear = param_counts(w)
     frozen = 0 if w.finetune == "full" else total
@@ -183,35 +190,62 @@ def plan(w: Workload, s: Strategy, hw: Hardware) -> Plan:
         gpu["reduce/allgather buckets"] = 3 * 2 * DS_BUCKET
 
     gpu["activations"] = activation_bytes(w, resid)
+    recomputed = recomputed_blocks(w)
+    if recomputed:
+        tokens = w.micro_batch * w.seq_len
+        gpu["recompute (one block)"] = tokens * layer_activation_bytes(w, resid)
     gpu["logits + loss"] = logits_bytes(w)
+    if w.finetune == "qlora":
+        gpu["dequantized weight (one linear)"] = 2 * a.dim * 2 * a.hidden_dim
     return _finish(Plan(w, s, gpu, host), hw)
 
 
 def _finish(p: Plan, hw: Hardware) -> Plan:
-    """Peak = state + max(backward start, optimizer step); add context and fragmentation; decide."""
-    t = p.gpu
+    """Peak = state + the largest phase (loss, backward start, optimizer step); add context, margin; decide.
+
+    Loss phase: every autocast weight copy is cached until autocast exits; logits 2 B each below their peak.
+    Backward start: copies of recomputed blocks are gone; logits at their peak, or one block recomputed.
+    Step: gradients (when they are not already resident).
+    """
+    t, w = p.gpu, p.workload
     grads = t.get("gradients", 0)
-    accumulating = p.workload.grad_accum > 1
-    state = t["parameters"] + t["optimizer state"] + (grads if accumulating else 0)
-    backward = sum(t.get(k, 0) for k in ("gathered units (bf16)", "autocast bf16 weight copies", "activations",
-                                         "logits + loss", "reduce-scatter buffers", "reduce/allgather buckets"))
-    step = 0 if accumulating else grads
-    p.peak_allocated = state + max(backward, step)
+    resident_grads = w.grad_accum > 1 or p.strategy.name == "ddp"
+    state = t["parameters"] + t["optimizer state"] + (grads if resident_grads else 0)
+    common = sum(t.get(k, 0) for k in ("gathered units (bf16)", "reduce-scatter buffers",
+                                        "reduce/allgather buckets", "dequantized weight (one linear)"))
+    copies = t.get("autocast bf16 weight copies", 0)
+    head_copies = 2 * w.args.vocab_size * w.args.dim if copies else 0
+    n_layers, recomputed = w.args.n_layers, recomputed_blocks(w)
+    block_copies = (copies - head_copies) // n_layers
+    kept_copies = head_copies + block_copies * (n_layers - recomputed)
+    recompute = t.get("recompute (one block)", 0) + (block_copies if recomputed else 0)
+    loss_phase = copies + t["activations"] + t["logits + loss"] - 2 * w.micro_batch * w.seq_len * w.args.vocab_size
+    backward = kept_copies + t["activations"] + max(t["logits + loss"], recompute)
+    step = 0 if resident_grads else grads
+    p.peak_allocated = state + max(common + loss_phase, common + backward, step)
     t["CUDA context"] = CUDA_CONTEXT
     t["fragmentation margin"] = int(FRAGMENTATION * p.peak_allocated)
     p.gpu_total = p.peak_allocated + CUDA_CONTEXT + t["fragmentation margin"]
     p.host_total = sum(p.host.values())
-    if p.workload.optimizer == "adamw8bit" and p.strategy.name == "fsdp":
-        p.reason = "refused: bitsandbytes 8-bit AdamW needs whole tensors, FSDP hands it DTensor shards"
-    elif p.workload.finetune == "qlora" and p.strategy.name in ("fsdp", "deepspeed"):
-        p.reason = "refused: QLoRA here runs with none or ddp (4-bit base weights are not sharded)"
-    elif p.gpu_total > hw.gpu_mem:
+    p.reason = _refusal(w, p.strategy)
+    if p.reason:
+        return p
+    if p.gpu_total > hw.gpu_mem:
         p.reason = f"needs {p.gpu_total / GiB:.1f} GiB per GPU > {hw.gpu_mem / GiB:.1f} GiB"
     elif hw.host_mem is not None and p.host_total > hw.host_mem:
         p.reason = f"needs {p.host_total / GiB:.1f} GiB host > {hw.host_mem / GiB:.1f} GiB"
     else:
         p.fits, p.reason = True, "fits"
     return p
+
+
+def _refusal(w: Workload, s: Strategy) -> str:
+    """Why a combination is refused outright, or "" (the same rules as parallelize.check_spec)."""
+    if w.optimizer == "adamw8bit" and s.name in ("fsdp", "deepspeed"):
+        return f"refused: 8-bit AdamW needs whole tensors; {s.name} shards or owns the optimizer"
+    if w.finetune == "qlora" and s.name in ("fsdp", "deepspeed"):
+        return "refused: QLoRA runs with none or ddp here (4-bit base weights are not sharded)"
+    return ""
 
 
 def strategies(gpus: int) -> list[Strategy]:
