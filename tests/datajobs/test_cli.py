@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from datajobs.store import Store
-from tests.datajobs.helpers import cli, error_line
+from tests.conftest import REPO
+from tests.datajobs.helpers import FIXTURES, cli, error_line
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +96,40 @@ def test_upstream_down_is_exit_1(tmp_path):
     )
     proc = cli("run", "nasa-exoplanets", "--config", str(cfg), "--root", str(tmp_path))
     assert proc.returncode == 1 and "failed after 2 attempts" in error_line(proc)
+
+
+def test_datajobs_never_import_torch():
+    code = (
+        "import sys, importlib; from datajobs import sources; import datajobs.cli, datajobs.tokens\n"
+        "[sources.get(n) for n in sources.SOURCES]\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_kill_9_at_any_point_leaves_latest_readable(tmp_path):
+    """kill -9 `run` at spread-out moments of its run time: LATEST and every listed version stay whole."""
+    root = str(tmp_path / "data")
+    fixture = str(FIXTURES / "nasa_tap" / "pscomppars_sync.csv")
+    assert cli("run", "nasa-exoplanets", "--from-file", fixture, "--root", root).returncode == 0
+    started = time.monotonic()
+    full = cli("run", "nasa-exoplanets", "--from-snapshot", "--root", str(tmp_path / "timing"))
+    duration = time.monotonic() - started
+    assert full.returncode == 0
+    for fraction in (0.3, 0.6, 0.8, 0.9, 0.95, 0.98):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "datajobs.cli", "run", "nasa-exoplanets", "--from-snapshot", "--root", root],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO,
+        )
+        time.sleep(duration * fraction)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        store = Store(root)
+        latest = store.open("nasa-exoplanets@latest")
+        assert latest.verify() == []
+        assert latest.version in store.versions("nasa-exoplanets")
+        for version in store.versions("nasa-exoplanets"):  # every listed version is complete
+            assert store.open(f"nasa-exoplanets@{version}").verify() == []
