@@ -93,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     except AstrobioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (PermissionError, FileNotFoundError) as exc:  # storage refused: credentials, bucket or path
+        print(
+            f"error: storage {args.root or '(default root)'}: {exc}; check --root and the AWS_* variables",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as exc:  # storage I/O failed
+        print(f"error: storage {args.root or '(default root)'}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

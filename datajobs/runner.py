@@ -8,7 +8,7 @@ from pathlib import Path
 
 from datajobs import sources
 from datajobs.config import load_config
-from datajobs.errors import AstrobioError, DataError
+from datajobs.errors import DataError
 from datajobs.http import HttpClient
 from datajobs.job import Context, Mode
 from datajobs.metrics import JobMetrics
@@ -93,7 +93,7 @@ def run_source(
             )
         metrics.finish(result.outcome, http.retries)
         return result
-    except AstrobioError:
+    except Exception:  # any failure (ours, storage, a bug) is reported as `failed`, then re-raised
         metrics.finish("failed", http.retries if http else 0)
         raise
     finally:

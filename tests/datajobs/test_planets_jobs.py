@@ -139,3 +139,10 @@ def test_corrupted_shard_fails_verify_on_both_roots(root, replay, config):
     proc = cli("verify", "nasa-exoplanets@latest", "--root", root)  # a new process: env carries the S3 keys
     assert proc.returncode == 2
     assert "planets.parquet fails its checksum" in error_line(proc)
+
+
+def test_wrong_s3_secret_is_one_line_exit_2(ceph, tmp_path):
+    env = {**ceph.env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    proc = cli("run", "nasa-exoplanets", "--from-snapshot", "--root", "s3://astro-denied/root", env=env)
+    assert proc.returncode == 2
+    assert "check --root and the AWS_* variables" in error_line(proc)
