@@ -1,0 +1,1 @@
+"""Plain nn.Modules: no I/O, no torch.distributed; parallelism is applied from outside (trainer/parallelize.py)."""
