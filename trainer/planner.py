@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from trainer.models.transformer import TransformerArgs
 
@@ -45,6 +46,16 @@ class Strategy:
     zero_stage: int = 3
     offload_optimizer: bool = False
     offload_params: bool = False
+
+    @property
+    def short(self) -> str:
+        """Column heading: ddp, fsdp-z2, ds-z3+oo (optimizer offload), ds-z3+oo+op (and parameters)."""
+        if self.name == "fsdp":
+            return "fsdp-z3" if self.reshard_after_forward else "fsdp-z2"
+        if self.name == "deepspeed":
+            return (f"ds-z{self.zero_stage}" + ("+oo" if self.offload_optimizer else "")
+                    + ("+op" if self.offload_params else ""))
+        return self.name
 
     @property
     def label(self) -> str:
@@ -272,23 +283,102 @@ def cheapest(w: Workload, hw: Hardware) -> Plan | None:
 
 
 def format_plan(plans: list[Plan], hw: Hardware) -> str:
-    """A table of terms (GiB) per strategy, the verdicts, and the cheapest fitting configuration."""
-    names: list[str] = []
-    for p in plans:
-        names += [k for k in p.gpu if k not in names]
-    host_names: list[str] = []
-    for p in plans:
-        host_names += [k for k in p.host if k not in host_names]
-    width = max(len(n) for n in [*names, *host_names, "per-GPU total"]) + 2
-    cols = [p.strategy.label for p in plans]
-    lines = ["per GPU (GiB)".ljust(width) + "".join(c.rjust(34) for c in cols)]
-    for n in names:
-        lines.append(n.ljust(width) + "".join(f"{p.gpu.get(n, 0) / GiB:34.2f}" for p in plans))
-    lines.append("per-GPU total".ljust(width) + "".join(f"{p.gpu_total / GiB:34.2f}" for p in plans))
-    lines.append(f"per host of {hw.per_host} GPU(s) (GiB)")
-    for n in host_names:
-        lines.append(n.ljust(width) + "".join(f"{p.host.get(n, 0) / GiB:34.2f}" for p in plans))
-    lines.append("per-host total".ljust(width) + "".join(f"{p.host_total / GiB:34.2f}" for p in plans))
+    """Terms (GiB) per strategy as a table, then one verdict line per strategy."""
+    def rows(attr: str) -> list[str]:
+        names: list[str] = []
+        for p in plans:
+            names += [k for k in getattr(p, attr) if k not in names]
+        return names
+
+    width = max(len(n) for n in [*rows("gpu"), *rows("host")]) + 2
+    lines = ["per GPU, GiB".ljust(width) + "".join(f"{p.strategy.short:>12}" for p in plans)]
+    for n in rows("gpu"):
+        lines.append(n.ljust(width) + "".join(f"{p.gpu.get(n, 0) / GiB:12.2f}" for p in plans))
+    lines.append("total per GPU".ljust(width) + "".join(f"{p.gpu_total / GiB:12.2f}" for p in plans))
+    lines.append(f"per host ({hw.per_host} GPUs), GiB")
+    for n in rows("host"):
+        lines.append(n.ljust(width) + "".join(f"{p.host.get(n, 0) / GiB:12.2f}" for p in plans))
+    lines.append("total per host".ljust(width) + "".join(f"{p.host_total / GiB:12.2f}" for p in plans))
     lines.append("")
-    lines += [f"{p.strategy.label}: {p.reason}" for p in plans]
+    lines += [f"{p.strategy.short:>12}  {p.strategy.label}: {p.reason}" for p in plans]
     return "\n".join(lines)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '24GiB', '24GB', '80G', '512MiB' or a plain number of bytes."""
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+             "tb": 10**12, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "b": 1, "": 1}
+    value = text.strip().lower()
+    number = value.rstrip("kmgtib")
+    unit = value[len(number):]
+    if unit not in units or not number:
+        raise ValueError(f"{text!r} is not a size (e.g. 24GiB, 80GB, 512MiB)")
+    return int(float(number) * units[unit])
+
+
+def workload_from_config(cfg: Any, vocab_default: int = 32000) -> Workload:
+    """The llm component's workload from a RunConfig (model section, batch, accumulation, optimizer)."""
+    from trainer.components.llm import LLMModelConfig
+
+    model = LLMModelConfig.model_validate(cfg.model)
+    optimizer = cfg.optim.name if cfg.optim.name in ("adamw", "adamw8bit") else "adamw"
+    return Workload(model.transformer_args(model.vocab_size or vocab_default), seq_len=model.seq_len,
+                    micro_batch=cfg.data.batch_size, grad_accum=cfg.train.grad_accum_steps, optimizer=optimizer,
+                    checkpointing=cfg.train.activation_checkpointing, finetune=model.finetune,
+                    lora_rank=model.lora_rank)
+
+
+def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plan", help="memory per GPU and per host for each strategy, and the cheapest config that fits",
+        description="Sum every memory term of an llm config (parameters, gradients, optimizer state, sharding, "
+        "gathered units, activations, logits, buffers, CUDA context, fragmentation) per strategy.")
+    p.add_argument("-c", "--config", required=True, help="llm run config YAML (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs in the job (data-parallel size)")
+    p.add_argument("--gpu-mem", default="80GiB", help="memory of one GPU, e.g. 24GiB")
+    p.add_argument("--host-mem", default=None, help="memory of one host, e.g. 256GiB (checks offload)")
+    p.add_argument("--gpus-per-host", type=int, default=None, help="default: all GPUs on one host")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from datajobs.errors import ConfigError
+    from trainer.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    if cfg.component != "llm":
+        raise ConfigError(f"plan covers the llm component; {args.config} trains {cfg.component!r}")
+    try:
+        hw = Hardware(args.gpus, parse_size(args.gpu_mem), parse_size(args.host_mem) if args.host_mem else None,
+                      args.gpus_per_host)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    w = workload_from_config(cfg)
+    print(describe(w, hw))
+    print()
+    print(format_plan([plan(w, s, hw) for s in strategies(hw.gpus)], hw))
+    print()
+    best = cheapest(w, hw)
+    if best is None:
+        print("nothing fits: no strategy, checkpointing mode or optimizer brings this under the limits")
+        if w.finetune == "full":
+            q = cheapest(replace(w, finetune="qlora"), Hardware(1, hw.gpu_mem, hw.host_mem))
+            if q is not None:
+                print(f"QLoRA (model.finetune=qlora) fits one GPU: {q.gpu_total / GiB:.1f} GiB with "
+                      f"checkpointing {q.workload.checkpointing}")
+    else:
+        print(f"cheapest that fits: {best.strategy.label}, activation_checkpointing={best.workload.checkpointing}, "
+              f"optim.name={best.workload.optimizer}: {best.gpu_total / GiB:.1f} GiB per GPU, "
+              f"{best.host_total / GiB:.1f} GiB per host")
+    return 0
+
+
+def describe(w: Workload, hw: Hardware) -> str:
+    """A header: model size, trainable parameters, tokens per micro-batch, hardware."""
+    total, trainable, _ = param_counts(w)
+    return (f"model {total / 1e9:.2f}B parameters ({w.args.n_layers} layers, dim {w.args.dim}), "
+            f"{w.finetune} fine-tune: {trainable / 1e6:.1f}M trainable; micro-batch {w.micro_batch} x "
+            f"{w.seq_len} tokens, accumulation {w.grad_accum}, checkpointing {w.checkpointing}, "
+            f"{w.optimizer}\nhardware: {hw.gpus} GPU(s) of {hw.gpu_mem / GiB:.1f} GiB, host "
+            f"{'unknown' if hw.host_mem is None else f'{hw.host_mem / GiB:.0f} GiB'}")
