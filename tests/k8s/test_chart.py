@@ -315,7 +315,7 @@ def test_run_config_keys_the_chart_owns() -> None:
         assert cfg["logging"]["run_dir"] == "/mnt/astrobio/runs"
         assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/mnt/astrobio", "/etc/astrobio", "/dev/shm"}
         assert cfg["logging"]["run_name"] == jobs[name]["metadata"]["name"]
-        assert cfg["data"]["root"] == "s3://astrobio/datasets"
+        assert cfg["data"]["root"] == "s3://astrobio"
         assert cfg["component"] == name
     assert configs["llm"]["distributed"]["strategy"] == "fsdp"
     assert configs["planets"]["distributed"]["strategy"] == "ddp"
@@ -401,7 +401,7 @@ def test_datajob_cronjob_contract() -> None:
             "run",
             source,
             "--root",
-            "s3://astrobio/datasets",
+            "s3://astrobio",
         ]
         env = {e["name"]: e for e in container["env"]}
         assert env["PUSHGATEWAY_URL"]["value"].startswith("http://")

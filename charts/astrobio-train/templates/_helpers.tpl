@@ -126,10 +126,11 @@ seccompProfile:
   value: /tmp/.cache
 {{- end -}}
 
-{{/* "true" when the data jobs mount the PVC: it is enabled and the dataset root lies below its mount path */}}
+{{/* "true" when the data jobs mount the PVC: it is enabled and the storage root is its mount path or below it */}}
 {{- define "astrobio.dataOnPvc" -}}
 {{- with .Values.storage -}}
-{{- if and .pvc.enabled (hasPrefix (printf "%s/" (trimSuffix "/" .pvc.mountPath)) .dataRoot) -}}true{{- end -}}
+{{- $mount := trimSuffix "/" .pvc.mountPath -}}
+{{- if and .pvc.enabled (or (eq (trimSuffix "/" .dataRoot) $mount) (hasPrefix (printf "%s/" $mount) .dataRoot)) -}}true{{- end -}}
 {{- end -}}
 {{- end -}}
 

@@ -1,0 +1,96 @@
+"""A real Prometheus scrapes a real short planets run with an injected NaN: our series arrive, the alert fires."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.k8s.chart import base_metric, contract_metrics, objects, render, rules_spec
+from tests.k8s.pods import Pod
+from tests.k8s.prometheus import Prometheus
+from tests.k8s.test_monitoring import EXTERNAL, used_metric_names
+from tests.trainer.conftest import free_port, wait_for
+
+CONFIG = "/etc/astrobio/config.yaml"
+JOB_LABELS = {"namespace": "astrobio", "pytorchjob": "astrobio-train-planets", "pod": "astrobio-train-planets-master-0"}
+# exported only on CUDA, by token models, or where FLOPs are known: a CPU planets run has none of them
+CONDITIONAL = {
+    "astrobio_tokens_per_second",
+    "astrobio_mfu_ratio",
+    "astrobio_gpu_memory_allocated_bytes",
+    "astrobio_gpu_memory_reserved_bytes",
+    "astrobio_gpu_memory_peak_bytes",
+    "astrobio_gpu_memory_total_bytes",
+}
+
+
+@pytest.fixture
+def planets_pod(tmp_path: Path) -> Pod:
+    """The default chart's planets Master pod, its volumes mapped under tmp_path."""
+    docs = render()
+    configmaps = {d["metadata"]["name"]: d["data"] for d in objects(docs, "ConfigMap")}
+    spec = objects(docs, "PyTorchJob")[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    claim = next(v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v)
+    return Pod(spec, configmaps, tmp_path / "pod", {claim: tmp_path / "pvc"})
+
+
+@pytest.mark.slow
+def test_prometheus_scrapes_a_real_run_and_the_nan_alert_fires(
+    planets_pod: Pod, tmp_path: Path, data_root: Path
+) -> None:
+    port = free_port()
+    config = yaml.safe_load(Path(planets_pod.local(CONFIG)).read_text())
+    planets_pod.edit_config(
+        CONFIG,
+        **{
+            "data.root": str(data_root),
+            "logging.run_dir": planets_pod.local(config["logging"]["run_dir"]),
+            "logging.metrics_port": port,
+            "logging.metrics_linger_seconds": 8,
+            "train.max_steps": 60,
+            "train.inject_nan_at_step": 40,
+            "train.eval_every": 10,
+            "checkpoint.every_steps": 10,
+            "train.log_every": 5,
+            "distributed.strategy": "none",
+        },
+    )
+    # the PodMonitor's relabelings give the trainer's series these target labels in a cluster
+    scrape = {
+        "job_name": "astrobio-trainer",
+        "static_configs": [{"targets": [f"127.0.0.1:{port}"], "labels": JOB_LABELS}],
+    }
+    prometheus = Prometheus(tmp_path / "prometheus", [scrape], rules_spec(render()))
+    try:
+        proc = planets_pod.start({})  # one process, no operator env: WORLD_SIZE 1
+        wait_for(lambda: prometheus.firing("AstrobioNonFiniteValues"), 120, "AstrobioNonFiniteValues firing", proc)
+        (alert,) = prometheus.firing("AstrobioNonFiniteValues")
+        assert alert["labels"] | JOB_LABELS == alert["labels"]
+        assert (alert["labels"]["kind"], alert["labels"]["rank"], alert["labels"]["severity"]) == (
+            "loss",
+            "0",
+            "critical",
+        )
+        assert alert["annotations"]["summary"] == "Non-finite loss in astrobio/astrobio-train-planets rank 0"
+        (step,) = prometheus.query('astrobio_train_step{pytorchjob="astrobio-train-planets"}')
+        assert float(step["value"][1]) == 39, "the last applied step before the NaN"
+        names = {
+            base_metric(s["metric"]["__name__"])
+            for s in prometheus.query('group by (__name__) ({__name__=~"astrobio_.+"})')
+        }
+        code, out = planets_pod.wait(proc)
+        assert code == 3, out[-3000:]
+    finally:
+        prometheus.stop()
+    scraped = {n for n in names if not n.endswith("_created")}
+    assert scraped <= contract_metrics(), f"exported but not in docs/contracts.md: {scraped - contract_metrics()}"
+    used = {
+        n
+        for n in used_metric_names(rules_spec(render()))
+        if not EXTERNAL.match(n) and not n.startswith("astrobio_datajob_")
+    }
+    missing = used - CONDITIONAL - scraped
+    assert not missing, f"rules/dashboards use names a real run does not export: {missing}"
+    assert used >= CONDITIONAL
