@@ -67,7 +67,7 @@ def load_base(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state["model"])
 
 
-def _dequantized(layer: nn.Module) -> torch.Tensor:
+def dequantized(layer: nn.Module) -> torch.Tensor:
     """Full-precision weight of a plain Linear or a bitsandbytes Linear4bit."""
     weight = layer.weight
     if getattr(weight, "quant_state", None) is not None:
@@ -89,13 +89,13 @@ def merged_state_dict(peft_model: nn.Module, dtype: torch.dtype = torch.float32)
             continue
         if isinstance(module, LoraLayer):
             lora_names.append(name)
-            weight = _dequantized(module.get_base_layer()).to(torch.float32)
+            weight = dequantized(module.get_base_layer()).to(torch.float32)
             for adapter in module.active_adapters:
                 weight = weight + module.get_delta_weight(adapter).to(torch.float32)
             out[f"{name}.weight"] = weight.to(dtype).contiguous()
             continue
         for pname, param in module.named_parameters(recurse=False):
-            out[f"{name}.{pname}" if name else pname] = _dequantized(module).to(dtype).contiguous() \
+            out[f"{name}.{pname}" if name else pname] = dequantized(module).to(dtype).contiguous() \
                 if pname == "weight" else param.data.to(dtype).contiguous()
     if getattr(getattr(base, "args", None), "tie_embeddings", False):
         out.pop("output.weight", None)

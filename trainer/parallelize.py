@@ -28,6 +28,7 @@ class ParallelSpec:
     activation_checkpointing: Checkpointing = "none"
     compile: bool = False
     optimizer: str = "adamw"
+    fsdp_param_dtype: str = "bfloat16"
 
     @classmethod
     def from_config(cls, cfg: Any) -> ParallelSpec:
@@ -42,6 +43,7 @@ class ParallelSpec:
             "activation_checkpointing": getattr(train, "activation_checkpointing", "none"),
             "compile": getattr(train, "compile", False),
             "optimizer": getattr(cfg.optim, "name", "adamw"),
+            "fsdp_param_dtype": getattr(dist, "fsdp_param_dtype", "bfloat16"),
         }
         return cls(**fields)
 
@@ -149,14 +151,23 @@ def apply_deepspeed(model: nn.Module, ds_config: dict[str, Any]) -> Any:
 
 
 def parallelize(model: nn.Module, spec: ParallelSpec, device: torch.device) -> nn.Module:
-    """Checkpointing, then compile, then the strategy (torchtitan's order). DeepSpeed: see apply_deepspeed."""
+    """Checkpointing, then compile, then the strategy (torchtitan's order).
+
+    DeepSpeed owns backward, step and checkpoints (engine.backward/step/save_checkpoint), which the shared
+    loop does not drive yet: refused here with one line (apply_deepspeed builds the engine directly).
+    """
     check_spec(spec)
+    if spec.strategy == "deepspeed":
+        from datajobs.errors import ConfigError
+
+        raise ConfigError("distributed.strategy=deepspeed: the training loop does not drive a DeepSpeed engine "
+                          "yet (docs/notes-llm.md); use fsdp, the same ZeRO-3 sharding without CPU offload")
     apply_activation_checkpointing(model, spec.activation_checkpointing)
     if spec.compile:
         apply_compile(model)
     model = model.to(device)
     if spec.strategy == "fsdp":
-        return apply_fsdp(model, spec.reshard_after_forward)
+        return apply_fsdp(model, spec.reshard_after_forward, getattr(torch, spec.fsdp_param_dtype))
     if spec.strategy == "ddp":
         return apply_ddp(model, device)
     return model
