@@ -50,9 +50,10 @@ bench: venv tools  ## benchmarks; results go to docs/benchmarks.md by hand
 manifests: tools  ## render manifests/ from the chart
 	bash charts/render-manifests.sh
 
-images:  ## build the container images where Docker exists
-	docker build -f images/trainer/Dockerfile -t astrobio-train/trainer:dev .
-	docker build -f images/datajobs/Dockerfile -t astrobio-train/datajobs:dev .
+images:  ## build the container images where Docker exists (BuildKit reads images/*/Dockerfile.dockerignore)
+	@if ! docker info >/dev/null 2>&1; then echo "no Docker daemon reachable: no images built"; else \
+	  DOCKER_BUILDKIT=1 docker build -f images/trainer/Dockerfile -t astrobio-train/trainer:dev . && \
+	  DOCKER_BUILDKIT=1 docker build -f images/datajobs/Dockerfile -t astrobio-train/datajobs:dev .; fi
 
 clean:
 	rm -rf $(VENV) .tools runs data .pytest_cache
