@@ -429,3 +429,20 @@ def test_staleness_alert_is_twice_the_schedule(schedule: str, seconds: int) -> N
     assert len(stale) == 1
     assert f"> {seconds}) or absent_over_time(" in stale[0]["expr"]
     assert stale[0]["expr"].endswith(f"[{seconds}s])")
+
+
+def test_llm_job_fits_its_gpus_per_the_planner(tmp_path: Path) -> None:
+    """The rendered LLM job (FSDP ZeRO-3 on nodes x GPUs of 80 GiB) fits by `astrobio-train plan`."""
+    docs = render([CHART / "ci" / "llm-fsdp-values.yaml"])
+    job = objects(docs, "PyTorchJob")[0]
+    nodes = 1 + job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"]
+    container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_run_configs(docs)["llm"]))
+    args = ["plan", "-c", str(config), "--gpus", str(nodes * gpus), "--gpu-mem", "80GiB", "--gpus-per-host", str(gpus)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"fsdp-z3\s+fsdp \(ZeRO-3\): fits", proc.stdout), proc.stdout[-2000:]
