@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,16 @@ def test_scenarios_cover_every_kind(scenarios: dict[str, list[dict[str, Any]]]) 
 def test_lint_strict(values: Path) -> None:
     out = helm("lint", "--strict", str(CHART), "-f", str(values)).stdout
     assert "0 chart(s) failed" in out
+
+
+def test_chart_packages(tmp_path: Path) -> None:
+    """`helm package` builds the archive users install from, with the dashboards and without the ci scenarios."""
+    helm("package", str(CHART), "-d", str(tmp_path))
+    (archive,) = tmp_path.glob("astrobio-train-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {"astrobio-train/dashboards/training.json", "astrobio-train/values.schema.json"} <= names
+    assert not any("/ci/" in name for name in names)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -192,6 +203,7 @@ BAD_VALUES = [
         "longer than 48 characters",
     ),
     ("dataJobs.kegg.schedule=every day", "expected 5 cron fields"),
+    ("jobs.planets.strategy=none", "strategy none cannot run 2 nodes x 1 processes"),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def test_planets_job_trains_with_world_size_two(tmp_path: Path, data_root: Path)
     while any(proc.poll() is None for _, _, proc in started) and len(ranks) < len(started):
         for _pod, port, _proc in started:
             rank = ranks.get(port) or scrape_rank(port)
+            time.sleep(0.1)
             if rank is not None:
                 ranks[port] = rank
     for pod, _port, proc in started:

@@ -9,6 +9,9 @@
 {{- if not $job.component -}}
 {{- fail (printf "jobs.%s.component is required (a trainer component, e.g. planets)" $name) -}}
 {{- end -}}
+{{- if and (eq $job.strategy "none") (gt (mul (add1 (int $job.workers)) (include "astrobio.nproc" $job | int)) 1) -}}
+{{- fail (printf "jobs.%s: strategy none cannot run %d nodes x %s processes; use ddp, fsdp or deepspeed" $name (add1 (int $job.workers)) (include "astrobio.nproc" $job)) -}}
+{{- end -}}
 {{- $_ := set $out $name $job -}}
 {{- end -}}
 {{- end -}}
