@@ -458,3 +458,21 @@ def test_llm_job_fits_its_gpus_per_the_planner(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r"fsdp-z3\s+fsdp \(ZeRO-3\): fits", proc.stdout), proc.stdout[-2000:]
+
+
+def test_monitoring_objects_need_the_prometheus_operator_api() -> None:
+    """Without monitoring.coreos.com/v1 in the cluster, install still works: no PodMonitor or PrometheusRule."""
+    kinds = {d["kind"] for d in render(monitoring=False)}
+    assert "PyTorchJob" in kinds and not kinds & {"PodMonitor", "PrometheusRule"}
+    disabled = render(
+        sets=[
+            "monitoring.podMonitor.enabled=false",
+            "monitoring.prometheusRule.enabled=false",
+            "monitoring.dashboards.enabled=false",
+        ]
+    )
+    assert not [
+        d
+        for d in disabled
+        if d["kind"] in {"PodMonitor", "PrometheusRule"} or "grafana_dashboard" in d["metadata"].get("labels", {})
+    ]
