@@ -110,8 +110,12 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
 def deepspeed_config(spec: ParallelSpec, *, micro_batch: int, grad_accum: int, lr: float,
                      weight_decay: float, betas: tuple[float, float], eps: float, grad_clip: float,
-                     bf16: bool) -> dict[str, Any]:
-    """DeepSpeed's JSON config generated from ours (never hand-kept): ZeRO stage, offload, buckets."""
+                     bf16: bool, torch_adam: bool = False) -> dict[str, Any]:
+    """DeepSpeed's JSON config generated from ours (never hand-kept): ZeRO stage, offload, buckets.
+
+    torch_adam uses torch.optim.AdamW instead of DeepSpeed's fused kernel (CPU without a JIT build);
+    with offload_optimizer DeepSpeed always uses its CPUAdam.
+    """
     zero: dict[str, Any] = {
         "stage": spec.zero_stage,
         "overlap_comm": True,
@@ -133,7 +137,7 @@ def deepspeed_config(spec: ParallelSpec, *, micro_batch: int, grad_accum: int, l
         "bf16": {"enabled": bf16},
         "zero_optimization": zero,
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "betas": list(betas), "eps": eps,
-                                                  "weight_decay": weight_decay}},
+                                                  "weight_decay": weight_decay, "torch_adam": torch_adam}},
         "zero_allow_untested_optimizer": False,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,

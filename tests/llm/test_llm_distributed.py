@@ -1,0 +1,104 @@
+"""Two real processes with the env a 2-replica PyTorchJob injects (gloo): ddp and fsdp match one process,
+kill + resume continues the same losses, and SIGTERM / NaN on one rank stop both ranks together."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.llm.conftest import QUICK, llm_args
+from tests.trainer.conftest import checkpoint_steps, cli_env, free_port, run_cli, train_losses, wait_for
+
+
+def pytorchjob_env(rank: int, port: int) -> dict[str, str]:
+    """What training-operator v1.9 sets in replica `rank` of a 2-replica job (Master + 1 Worker), no torchrun:
+    RANK is the pod rank, LOCAL_RANK is not set."""
+    return cli_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                   PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(port), PET_NNODES="2",
+                   PET_NODE_RANK=str(rank), PET_NPROC_PER_NODE="auto")
+
+
+def start_pair(args: list[str]) -> list[subprocess.Popen]:
+    port = free_port()
+    return [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=pytorchjob_env(rank, port)) for rank in (0, 1)]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
+    out = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=timeout)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        out.append((p.returncode, err))
+    return out
+
+
+def two_ranks(text_root: Path, run_dir: Path, *overrides: str) -> list[tuple[int, str]]:
+    return finish(start_pair(llm_args(text_root, run_dir, *QUICK, "data.batch_size=8", *overrides)))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_replicas_match_one_process_with_the_same_global_batch(text_root: Path, tmp_path: Path,
+                                                                   strategy: str) -> None:
+    one = run_cli(llm_args(text_root, tmp_path / "one", *QUICK, "data.batch_size=16"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    results = two_ranks(text_root, tmp_path / "two", f"distributed.strategy={strategy}",
+                        "distributed.fsdp_param_dtype=float32")
+    assert [rc for rc, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    a, b = train_losses(tmp_path / "one" / "llm-tiny"), train_losses(tmp_path / "two" / "llm-tiny")
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    # Same 16 windows per step split 8 + 8; fp32 everywhere, so only the order of float reductions
+    # (gradient all-reduce / reduce-scatter) differs: tolerance 1e-4 relative on every step's loss.
+    worst = max(abs(a[s] - b[s]) / a[s] for s in a)
+    assert worst < 1e-4, f"largest relative difference {worst:.2e}"
+
+
+def test_fsdp_kill_and_resume_continues_with_identical_losses(text_root: Path, tmp_path: Path) -> None:
+    fsdp = ("distributed.strategy=fsdp",)
+    results = two_ranks(text_root, tmp_path / "straight", *fsdp)
+    assert [rc for rc, _ in results] == [0, 0], "\n".join(err[-2000:] for _, err in results)
+    straight = train_losses(tmp_path / "straight" / "llm-tiny")
+
+    run = tmp_path / "killed" / "llm-tiny"
+    procs = start_pair(llm_args(text_root, tmp_path / "killed", *QUICK, "data.batch_size=8", *fsdp))
+    try:
+        wait_for(lambda: checkpoint_steps(run) == [6], 240, "the step-6 checkpoint", procs[0])
+    finally:
+        for p in procs:
+            p.kill()  # SIGKILL: no chance to checkpoint again
+    finish(procs)
+    assert checkpoint_steps(run) == [6]
+    results = two_ranks(text_root, tmp_path / "killed", *fsdp)
+    assert [rc for rc, _ in results] == [0, 0], results[0][1][-3000:]
+    resumed = train_losses(run)
+    assert all(resumed[s] == pytest.approx(straight[s], rel=1e-6, abs=0) for s in range(7, 13))
+
+
+def test_sigterm_to_one_rank_checkpoints_both_and_exits_143(text_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "llm-tiny"
+    procs = start_pair(llm_args(text_root, tmp_path, *QUICK, "data.batch_size=8", "distributed.strategy=fsdp",
+                                "train.max_steps=100000", "checkpoint.every_steps=100000",
+                                "train.eval_every=100000"))
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").is_file() and len(train_losses(run)) >= 3, 240, "3 steps",
+                 procs[0])
+        procs[1].send_signal(signal.SIGTERM)  # only the worker replica is preempted
+    finally:
+        results = finish(procs)
+    assert [rc for rc, _ in results] == [143, 143], results[0][1][-2000:] + results[1][1][-2000:]
+    last = max(train_losses(run))
+    assert checkpoint_steps(run) == [last]
+
+
+def test_nan_on_one_rank_stops_both_with_exit_3(text_root: Path, tmp_path: Path) -> None:
+    results = two_ranks(text_root, tmp_path, "distributed.strategy=fsdp", "train.inject_nan_at_step=8",
+                        "train.inject_nan_rank=1")
+    assert [rc for rc, _ in results] == [3, 3], "\n".join(err[-2000:] for _, err in results)
+    assert all("non-finite loss at step 8" in err for _, err in results)
+    assert checkpoint_steps(tmp_path / "llm-tiny") == [6]
