@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import REPO
 from tests.k8s.chart import base_metric, contract_metrics, objects, render, rules_spec
 from tests.k8s.pods import Pod
 from tests.k8s.prometheus import Prometheus
@@ -94,3 +97,52 @@ def test_prometheus_scrapes_a_real_run_and_the_nan_alert_fires(
     missing = used - CONDITIONAL - scraped
     assert not missing, f"rules/dashboards use names a real run does not export: {missing}"
     assert used >= CONDITIONAL
+
+
+@pytest.mark.gpu
+def test_cuda_run_exports_the_gpu_memory_gauges(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """On a CUDA machine the planets pod of manifests/planets-job.yaml exports what the GPU panels and alert read."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    data_root = request.getfixturevalue("data_root")
+    docs = [d for d in yaml.safe_load_all((REPO / "manifests" / "planets-job.yaml").read_text()) if d]
+    configmaps = {d["metadata"]["name"]: d["data"] for d in objects(docs, "ConfigMap")}
+    spec = objects(docs, "PyTorchJob")[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    claim = next(v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v)
+    pod = Pod(spec, configmaps, tmp_path / "pod", {claim: tmp_path / "pvc"})
+    port = free_port()
+    config = yaml.safe_load(Path(pod.local(CONFIG)).read_text())
+    pod.edit_config(
+        CONFIG,
+        **{
+            "data.root": str(data_root),
+            "logging.run_dir": pod.local(config["logging"]["run_dir"]),
+            "logging.metrics_port": port,
+            "logging.metrics_linger_seconds": 5,
+            "train.max_steps": 100,
+            "train.device": "cuda",
+            "train.precision": "bf16",
+            "distributed.strategy": "none",
+        },
+    )
+    proc = pod.start({})
+    samples: dict[str, float] = {}
+
+    def scraped() -> bool:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return False
+        samples.update(
+            {m.group(1): float(m.group(2)) for m in re.finditer(r"^(astrobio_\w+)\{[^}]*\} (\S+)$", text, re.M)}
+        )
+        return samples.get("astrobio_gpu_memory_reserved_bytes", 0) > 0  # NaN until the first logging step
+
+    wait_for(scraped, 180, "GPU memory gauges set", proc)
+    code, out = pod.wait(proc)
+    assert code == 0, out[-3000:]
+    assert {base_metric(n) for n in samples if not n.endswith("_created")} <= contract_metrics()
+    assert {n for n in CONDITIONAL if n.startswith("astrobio_gpu_memory_")} <= set(samples)
+    reserved, total = samples["astrobio_gpu_memory_reserved_bytes"], samples["astrobio_gpu_memory_total_bytes"]
+    assert 0 < reserved < total, "the GPU memory alert's ratio is meaningful"
