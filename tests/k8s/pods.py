@@ -11,6 +11,8 @@ import yaml
 
 from tests.trainer.conftest import BIN, cli_env
 
+RUN_CONFIG = "/etc/astrobio/config.yaml"
+
 
 def operator_env(replica: str, index: int, nodes: int, nproc: int, master_port: int) -> dict[str, str]:
     """What training-operator v1.9 injects into a PyTorchJob pod; the master Service name becomes 127.0.0.1."""
@@ -70,6 +72,21 @@ class Pod:
             config[section][name] = value
         file.write_text(yaml.safe_dump(config))
 
+    def configure_run(self, data_root: Path, metrics_port: int, **changes: Any) -> None:
+        """Point the mounted run config at this machine: the data root, the run folder on the mapped PVC, a
+        metrics port of its own (pods have their own network namespace, these processes share one), CHANGES."""
+        config = yaml.safe_load(Path(self.local(RUN_CONFIG)).read_text())
+        run_dir = self.local(config["logging"]["run_dir"])
+        self.edit_config(
+            RUN_CONFIG,
+            **{
+                "data.root": str(data_root),
+                "logging.run_dir": run_dir,
+                "logging.metrics_port": metrics_port,
+                **changes,
+            },
+        )
+
     def start(self, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start the container's command and args with its env (values only) plus EXTRA_ENV; output to self.log."""
         command = shutil.which(self.container["command"][0], path=str(BIN))
@@ -83,3 +100,20 @@ class Pod:
     def wait(self, proc: subprocess.Popen[bytes], timeout: float = 300) -> tuple[int, str]:
         """Exit code and output of the started container."""
         return proc.wait(timeout=timeout), self.log.read_text()
+
+
+def replica_pods(docs: list[dict[str, Any]], root: Path) -> list[tuple[str, int, Pod]]:
+    """(replica type, index, Pod) for every replica of the first PyTorchJob in DOCS; they share one PVC folder."""
+    job = next(d for d in docs if d["kind"] == "PyTorchJob")
+    configmaps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: root / "pvc"
+        for v in specs["Master"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    replicas = [("Master", 0)] + [("Worker", i) for i in range(specs.get("Worker", {}).get("replicas", 0))]
+    return [
+        (kind, i, Pod(specs[kind]["template"]["spec"], configmaps, root / f"{kind}-{i}", claims))
+        for kind, i in replicas
+    ]

@@ -10,13 +10,12 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.k8s.chart import base_metric, contract_metrics, objects, render, rules_spec
-from tests.k8s.pods import Pod
+from tests.k8s.chart import base_metric, contract_metrics, render, rules_spec
+from tests.k8s.pods import Pod, replica_pods
 from tests.k8s.prometheus import Prometheus
 from tests.k8s.test_monitoring import EXTERNAL, used_metric_names
 from tests.trainer.conftest import free_port, wait_for
 
-CONFIG = "/etc/astrobio/config.yaml"
 JOB_LABELS = {"namespace": "astrobio", "pytorchjob": "astrobio-train-planets", "pod": "astrobio-train-planets-master-0"}
 # exported only on CUDA, by token models, or where FLOPs are known: a CPU planets run has none of them
 CONDITIONAL = {
@@ -32,11 +31,7 @@ CONDITIONAL = {
 @pytest.fixture
 def planets_pod(tmp_path: Path) -> Pod:
     """The default chart's planets Master pod, its volumes mapped under tmp_path."""
-    docs = render()
-    configmaps = {d["metadata"]["name"]: d["data"] for d in objects(docs, "ConfigMap")}
-    spec = objects(docs, "PyTorchJob")[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-    claim = next(v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v)
-    return Pod(spec, configmaps, tmp_path / "pod", {claim: tmp_path / "pvc"})
+    return replica_pods(render(), tmp_path)[0][2]
 
 
 @pytest.mark.slow
@@ -44,13 +39,10 @@ def test_prometheus_scrapes_a_real_run_and_the_nan_alert_fires(
     planets_pod: Pod, tmp_path: Path, data_root: Path
 ) -> None:
     port = free_port()
-    config = yaml.safe_load(Path(planets_pod.local(CONFIG)).read_text())
-    planets_pod.edit_config(
-        CONFIG,
+    planets_pod.configure_run(
+        data_root,
+        port,
         **{
-            "data.root": str(data_root),
-            "logging.run_dir": planets_pod.local(config["logging"]["run_dir"]),
-            "logging.metrics_port": port,
             "logging.metrics_linger_seconds": 8,
             "train.max_steps": 60,
             "train.inject_nan_at_step": 40,
@@ -107,18 +99,12 @@ def test_cuda_run_exports_the_gpu_memory_gauges(tmp_path: Path, request: pytest.
         pytest.skip("needs CUDA")
     data_root = request.getfixturevalue("data_root")
     docs = [d for d in yaml.safe_load_all((REPO / "manifests" / "planets-job.yaml").read_text()) if d]
-    configmaps = {d["metadata"]["name"]: d["data"] for d in objects(docs, "ConfigMap")}
-    spec = objects(docs, "PyTorchJob")[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-    claim = next(v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v)
-    pod = Pod(spec, configmaps, tmp_path / "pod", {claim: tmp_path / "pvc"})
+    pod = replica_pods(docs, tmp_path)[0][2]
     port = free_port()
-    config = yaml.safe_load(Path(pod.local(CONFIG)).read_text())
-    pod.edit_config(
-        CONFIG,
+    pod.configure_run(
+        data_root,
+        port,
         **{
-            "data.root": str(data_root),
-            "logging.run_dir": pod.local(config["logging"]["run_dir"]),
-            "logging.metrics_port": port,
             "logging.metrics_linger_seconds": 5,
             "train.max_steps": 100,
             "train.device": "cuda",

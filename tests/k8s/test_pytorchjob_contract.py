@@ -12,48 +12,28 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.k8s.pods import Pod, operator_env
+from tests.k8s.pods import Pod, operator_env, replica_pods
 from tests.trainer.conftest import free_port
 
 MANIFEST = REPO / "manifests" / "planets-job.yaml"
-CONFIG = "/etc/astrobio/config.yaml"
 
 
-def load_job() -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
-    docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
-    job = next(d for d in docs if d["kind"] == "PyTorchJob")
-    configmaps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
-    return job, configmaps
+def load_job() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
 
 
 def start_job(tmp_path: Path, data_root: Path, **changes: Any) -> list[tuple[Pod, int, Any]]:
     """Start every replica of the job; returns (pod, metrics port, process) per replica."""
-    job, configmaps = load_job()
-    specs = job["spec"]["pytorchReplicaSpecs"]
-    replicas = [("Master", 0)] + [("Worker", i) for i in range(specs.get("Worker", {}).get("replicas", 0))]
+    docs = load_job()
+    job = next(d for d in docs if d["kind"] == "PyTorchJob")
+    pods = replica_pods(docs, tmp_path)
     nproc = int(job["spec"]["nprocPerNode"])
     master_port = free_port()
-    claim = next(
-        v["persistentVolumeClaim"]["claimName"]
-        for v in specs["Master"]["template"]["spec"]["volumes"]
-        if "persistentVolumeClaim" in v
-    )
-    shared = {claim: tmp_path / "pvc"}
     started = []
-    for replica, index in replicas:
-        pod = Pod(specs[replica]["template"]["spec"], configmaps, tmp_path / f"{replica}-{index}", shared)
-        config = yaml.safe_load(Path(pod.local(CONFIG)).read_text())
-        port = free_port()  # pods have their own network namespace; here they share one
-        pod.edit_config(
-            CONFIG,
-            **{
-                "data.root": str(data_root),
-                "logging.metrics_port": port,
-                "logging.run_dir": pod.local(config["logging"]["run_dir"]),
-                **changes,
-            },
-        )
-        started.append((pod, port, pod.start(operator_env(replica, index, len(replicas), nproc, master_port))))
+    for replica, index, pod in pods:
+        port = free_port()
+        pod.configure_run(data_root, port, **changes)
+        started.append((pod, port, pod.start(operator_env(replica, index, len(pods), nproc, master_port))))
     return started
 
 
@@ -77,7 +57,8 @@ SHORT = {
 
 @pytest.mark.slow
 def test_planets_job_trains_with_world_size_two(tmp_path: Path, data_root: Path) -> None:
-    job, configmaps = load_job()
+    docs = load_job()
+    job = next(d for d in docs if d["kind"] == "PyTorchJob")
     assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
     started = start_job(tmp_path, data_root, **SHORT)
     ranks: dict[int, str] = {}
@@ -91,7 +72,8 @@ def test_planets_job_trains_with_world_size_two(tmp_path: Path, data_root: Path)
         code, out = pod.wait(proc)
         assert code == 0, out[-3000:]
     assert sorted(ranks.values()) == ["0", "1"], "each pod serves its own rank on its metrics port"
-    run_name = yaml.safe_load(next(iter(configmaps.values()))["config.yaml"])["logging"]["run_name"]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"]
+    run_name = yaml.safe_load(config)["logging"]["run_name"]
     run = tmp_path / "pvc" / "runs" / run_name
     assert re.search(r"world size\W+2", (run / "report.md").read_text())
     last = max((run / "checkpoints").glob("step-*"))
