@@ -127,7 +127,8 @@ def run(name: str, shape: str, batch: int, seq: int, steps: int, *, backend: str
     elapsed = time.perf_counter() - t0
     tok_s = batch * seq * steps / elapsed
     measured = torch.cuda.max_memory_allocated() - baseline
-    w = Workload(args, seq, batch, optimizer=optimizer, checkpointing=ckpt, finetune=finetune, lora_rank=lora_rank)
+    w = Workload(args, seq, batch, optimizer=optimizer, checkpointing=ckpt, finetune=finetune, lora_rank=lora_rank,
+                 compiled=compile_)
     p = plan(w, Strategy(strategy), Hardware(1, torch.cuda.get_device_properties(0).total_memory))
     return {
         "name": name, "shape": shape, "params": args.num_params(), "batch": batch, "seq": seq, "steps": steps,
@@ -235,6 +236,9 @@ def main() -> None:
         ("1b-default", dict(shape="1b", batch=4, seq=2048, steps=s // 4, backend=None)),
         ("1b-compile-flash", dict(shape="1b", batch=4, seq=2048, steps=s, compile_=True)),
         ("1b-compile-cudnn", dict(shape="1b", batch=4, seq=2048, steps=s, compile_=True, backend="cudnn")),
+        ("1b-compile-b8", dict(shape="1b", batch=8, seq=2048, steps=s // 2, compile_=True)),
+        ("1b-compile-fsdp1", dict(shape="1b", batch=4, seq=2048, steps=s // 2, compile_=True, strategy="fsdp")),
+        ("1b-compile-fsdp1-b8", dict(shape="1b", batch=8, seq=2048, steps=s // 2, compile_=True, strategy="fsdp")),
         ("1b-adamw8bit", dict(shape="1b", batch=4, seq=2048, steps=s // 4, optimizer="adamw8bit")),
         ("1b-b8-full-ckpt", dict(shape="1b", batch=8, seq=2048, steps=s // 4, ckpt="full")),
         ("1b-b8-selective", dict(shape="1b", batch=8, seq=2048, steps=s // 4, ckpt="selective")),

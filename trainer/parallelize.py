@@ -110,15 +110,16 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
 def deepspeed_config(spec: ParallelSpec, *, micro_batch: int, grad_accum: int, lr: float,
                      weight_decay: float, betas: tuple[float, float], eps: float, grad_clip: float,
-                     bf16: bool, torch_adam: bool = False) -> dict[str, Any]:
+                     bf16: bool, torch_adam: bool = False, overlap_comm: bool = True) -> dict[str, Any]:
     """DeepSpeed's JSON config generated from ours (never hand-kept): ZeRO stage, offload, buckets.
 
     torch_adam uses torch.optim.AdamW instead of DeepSpeed's fused kernel (CPU without a JIT build);
-    with offload_optimizer DeepSpeed always uses its CPUAdam.
+    with offload_optimizer DeepSpeed always uses its CPUAdam. overlap_comm overlaps gradient reduction
+    with backward on CUDA streams; turn it off on CPU, which has none.
     """
     zero: dict[str, Any] = {
         "stage": spec.zero_stage,
-        "overlap_comm": True,
+        "overlap_comm": overlap_comm,
         "contiguous_gradients": True,
         "reduce_bucket_size": 50_000_000,
         "allgather_bucket_size": 50_000_000,

@@ -35,6 +35,7 @@ class Workload:
     finetune: Finetune = "full"
     lora_rank: int = 16
     device: Literal["cuda", "cpu"] = "cuda"
+    compiled: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,9 @@ def layer_activation_bytes(w: Workload, resid_bytes: int) -> int:
     normalised output on CPU), qkv input 2d, qkv output 2(d + 2kv), rotated q 2d and k 2kv, attention
     output 2d and its log-sum-exp 4h, MLP input 2d, gate/up output 4f, silu output 2f, down input 2f.
     Measured on an H100 within 0.5% (docs/memory.md). SDPA's flash kernel pads odd head sizes (68 for
-    the 13B shape) and still keeps only output and log-sum-exp.
+    the 13B shape) and still keeps only output and log-sum-exp. Under torch.compile the partitioner
+    recomputes the SwiGLU product and the rotated query in backward: 2f + 2d fewer (fitted on the 1B
+    shape, 4 configurations, on an H100).
     """
     a = w.args
     d, kv, f, h = a.dim, a.kv_heads * a.head_dim, a.hidden_dim, a.n_heads
@@ -128,6 +131,8 @@ def layer_activation_bytes(w: Workload, resid_bytes: int) -> int:
     per_token = norms + 10 * d + 6 * kv + 8 * f + 4 * h
     if w.finetune != "full":
         per_token += 2 * w.lora_rank * len(LORA_TARGETS)
+    if w.compiled and w.device == "cuda":
+        per_token -= 2 * f + 2 * d
     return per_token
 
 
@@ -325,7 +330,7 @@ def workload_from_config(cfg: Any, vocab_default: int = 32000) -> Workload:
     return Workload(model.transformer_args(model.vocab_size or vocab_default), seq_len=model.seq_len,
                     micro_batch=cfg.data.batch_size, grad_accum=cfg.train.grad_accum_steps, optimizer=optimizer,
                     checkpointing=cfg.train.activation_checkpointing, finetune=model.finetune,
-                    lora_rank=model.lora_rank)
+                    lora_rank=model.lora_rank, compiled=cfg.train.compile)
 
 
 def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:

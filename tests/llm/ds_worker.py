@@ -51,7 +51,8 @@ def main(stage: int, steps: int) -> None:
     torch.manual_seed(0)
     model = Transformer(ARGS)
     config = deepspeed_config(ParallelSpec("deepspeed", zero_stage=stage), micro_batch=micro, grad_accum=1, lr=LR,
-                              weight_decay=0.0, betas=BETAS, eps=1e-8, grad_clip=CLIP, bf16=False, torch_adam=True)
+                              weight_decay=0.0, betas=BETAS, eps=1e-8, grad_clip=CLIP, bf16=False, torch_adam=True,
+                              overlap_comm=False)
     engine = apply_deepspeed(model, config)
     losses = []
     for batch in batches(steps):
