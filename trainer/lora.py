@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 from pathlib import Path
 
@@ -121,3 +122,31 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     allowed = {"output.weight"} if getattr(getattr(model, "args", None), "tie_embeddings", False) else set()
     if unexpected or set(missing) - allowed:
         raise ValueError(f"{path}: missing {sorted(set(missing) - allowed)}, unexpected {sorted(unexpected)}")
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="write a trained llm run's weights (LoRA merged) as one safetensors file",
+                              description="Load <run>/best (or the newest checkpoint); for a LoRA/QLoRA run merge "
+                              "the adapters into the base (QLoRA: dequantized) and write plain Transformer weights.")
+    p.add_argument("--run", required=True, type=Path, help="run folder (<logging.run_dir>/<run_name>)")
+    p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.generate import load_run
+
+    model, _ = load_run(args.run, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if hasattr(model, "get_base_model"):
+        path = export_merged(model, args.out)
+    else:
+        from safetensors.torch import save_file
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        if getattr(model.args, "tie_embeddings", False):
+            state.pop("output.weight")
+        save_file(state, str(args.out))
+        path = args.out
+    print(f"merged weights: {path}")
+    return 0
