@@ -170,7 +170,8 @@ def parallelize(model: nn.Module, spec: ParallelSpec, device: torch.device) -> n
     apply_activation_checkpointing(model, spec.activation_checkpointing)
     if spec.compile:
         apply_compile(model)
-    model = model.to(device)
+    if not any(p.is_meta for p in model.parameters()):  # a meta model is sharded first, materialized after
+        model = model.to(device)
     if spec.strategy == "fsdp":
         return apply_fsdp(model, spec.reshard_after_forward, getattr(torch, spec.fsdp_param_dtype))
     if spec.strategy == "ddp":
