@@ -1,9 +1,14 @@
-"""Shared test helpers: tool lookup that skips on a laptop but fails under CI=true."""
+"""Shared test helpers: tool lookup (skips on a laptop, fails under CI=true), CLI runners, a real data root."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,3 +26,66 @@ def require_tool(name: str) -> str:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+BIN = Path(sys.executable).parent
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                           "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
+    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra})
+    return env
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A storage root holding exoplanet-catalogue published by the real data job from the bundled snapshot."""
+    root = tmp_path_factory.mktemp("data")
+    subprocess.run([BIN / "astrobio-data", "run", "exoplanet-catalogue", "--from-snapshot", "--root", str(root)],
+                   check=True, capture_output=True, env=cli_env())
+    return root
+
+
+def planets_args(data_root: Path, run_dir: Path, *overrides: str) -> list[str]:
+    """`astrobio-train run` on configs/planets.yaml with the test data root and run folder."""
+    sets = [f"data.root={data_root}", f"logging.run_dir={run_dir}", *overrides]
+    return [str(BIN / "astrobio-train"), "run", "-c", str(REPO / "configs" / "planets.yaml"),
+            *(x for s in sets for x in ("--set", s))]
+
+
+def run_cli(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=cli_env(**env))
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    """step -> training loss from metrics.jsonl (the last record of a step wins, as after a resume)."""
+    losses: dict[int, float] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "train":
+            losses[record["step"]] = record["loss"]
+    return losses
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}:\n{err[-3000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def checkpoint_steps(run: Path) -> list[int]:
+    ckpts = run / "checkpoints"
+    return sorted(int(p.name.split("-")[1]) for p in ckpts.glob("step-*") if (p / ".metadata").is_file())

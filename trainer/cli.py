@@ -59,7 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)  # validate before starting any worker
     nproc = _nproc(args.nproc_per_node)
-    if nproc > 1 and not _is_worker():
+    nnodes = int(os.environ.get("PET_NNODES", "1").split(":")[-1] or 1)
+    if (nproc > 1 or nnodes > 1) and not _is_worker():
         from trainer.launch import launch
 
         worker_argv = ["run", "-c", args.config, *(x for s in args.set for x in ("--set", s))]

@@ -82,6 +82,11 @@ def init(cfg: DistributedConfig, device_request: str) -> DistEnv:
                 timeout=dt.timedelta(seconds=cfg.timeout_seconds),
                 device_id=device if device.type == "cuda" else None,
             )
+    elif cfg.strategy != "none" and not dist.is_initialized():
+        # A one-process group, so a ddp/fsdp config runs unchanged on one process (e.g. a job with no workers).
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1,
+                                device_id=device if device.type == "cuda" else None)
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=device)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import uuid
 
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -19,6 +18,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 log = logging.getLogger("astrobio.launch")
 PREEMPTED = 143
+SHUTDOWN_TIMEOUT_ENV = "ASTROBIO_SHUTDOWN_TIMEOUT_SECONDS"
 
 
 def _env(name: str, default: str) -> str:
@@ -35,7 +35,7 @@ def launch_config(nproc_per_node: int, shutdown_timeout: int) -> LaunchConfig:
     backend = _env("RDZV_BACKEND", "static")
     configs = {"rank": node_rank} if backend == "static" else {}
     return LaunchConfig(
-        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node, run_id=_env("RDZV_ID", uuid.uuid4().hex),
+        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node, run_id=_env("RDZV_ID", "none"),
         rdzv_backend=backend, rdzv_endpoint=rdzv_endpoint, rdzv_configs=configs, max_restarts=0,
         monitor_interval=0.5, start_method="spawn", logs_specs=DefaultLogsSpecs(), shutdown_timeout=shutdown_timeout,
     )
@@ -48,9 +48,12 @@ def exit_code_of(error: ChildFailedError) -> int:
     return 128 - code if code < 0 else code
 
 
-def launch(worker_argv: list[str], nproc_per_node: int, shutdown_timeout: int = 300) -> int:
-    """Run `python -m trainer.cli <worker_argv>` on every local rank; returns the process exit code."""
-    cfg = launch_config(nproc_per_node, shutdown_timeout)
+def launch(worker_argv: list[str], nproc_per_node: int) -> int:
+    """Run `python -m trainer.cli <worker_argv>` on every local rank; returns the process exit code.
+
+    On SIGTERM the workers get SHUTDOWN_TIMEOUT_ENV seconds (default 300) to write their checkpoint.
+    """
+    cfg = launch_config(nproc_per_node, int(os.environ.get(SHUTDOWN_TIMEOUT_ENV, "300")))
     try:
         elastic_launch(cfg, sys.executable)("-m", "trainer.cli", *worker_argv)
     except ChildFailedError as exc:

@@ -61,7 +61,8 @@ class PrometheusMetrics:
     """The `astrobio_*` series of docs/contracts.md, in a registry of their own, served over HTTP.
 
     Each attribute is the labelled child (`component`, `rank`), bound once so a step pays no label lookup.
-    Gauges read NaN until first set (not measured yet); GPU gauges exist only on CUDA devices.
+    Gauges read NaN until first set (not measured yet); GPU gauges exist only on CUDA devices, tokens/s and MFU
+    only in runs that measure them.
     """
 
     def __init__(self, component: str, rank: int, device: torch.device) -> None:
@@ -87,8 +88,11 @@ class PrometheusMetrics:
         self.lr = gauge("astrobio_learning_rate", "Learning rate of the last step.")
         self.grad_norm = gauge("astrobio_grad_norm", "Gradient norm before clipping.")
         self.samples_ps = gauge("astrobio_samples_per_second", "Samples per second over the last window.")
-        self.tokens_ps = gauge("astrobio_tokens_per_second", "Tokens per second over the last window.")
-        self.mfu = gauge("astrobio_mfu_ratio", "Model FLOPs utilisation (0..1).")
+        # Exported only by runs that measure them (token models; known FLOPs and device peak).
+        self.tokens_ps = Gauge("astrobio_tokens_per_second", "Tokens per second over the last window.", names,
+                               registry=self.registry)
+        self.mfu = Gauge("astrobio_mfu_ratio", "Model FLOPs utilisation (0..1).", names, registry=self.registry)
+        self.labels = labels
         self.step_seconds = histogram("astrobio_step_seconds", "Wall time per optimizer step.")
         self.data_wait = histogram("astrobio_data_wait_seconds", "Time waiting for data per optimizer step.")
         self.ckpt_seconds = histogram("astrobio_checkpoint_seconds", "Time to write a checkpoint.")
@@ -197,12 +201,12 @@ class Telemetry:
         self.prom.samples_ps.set(sps)
         if tokens:
             record["tokens_per_second"] = tokens / elapsed
-            self.prom.tokens_ps.set(tokens / elapsed)
+            self.prom.tokens_ps.labels(**self.prom.labels).set(tokens / elapsed)
         flops = [r.flops for r in self._window]
         if self._peak and all(f is not None for f in flops):
             mfu = sum(flops) / elapsed / self._peak
             record["mfu"] = mfu
-            self.prom.mfu.set(mfu)
+            self.prom.mfu.labels(**self.prom.labels).set(mfu)
         self.prom.update_memory()
         if self.device.type == "cuda":
             record["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(self.device)

@@ -92,7 +92,7 @@ def pushgateway(tmp_path):
     binary = require_tool("prometheus-pushgateway")
     port = s3server.free_port()
     proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        [binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={tmp_path / 'pushgateway.state'}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -1,4 +1,4 @@
-"""Fixtures for the k8s tests: the trainer tests' data root, and a Pushgateway with state of its own."""
+"""Fixtures for the k8s tests: a Pushgateway with state of its own."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
-from tests.trainer.conftest import data_root, free_port, wait_for
+from tests.conftest import free_port, require_tool, wait_for
 
-__all__ = ["data_root", "pushgateway"]
+__all__ = ["pushgateway"]
 
 
 def _ready(url: str) -> bool:

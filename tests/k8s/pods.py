@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from tests.trainer.conftest import BIN, cli_env
+from tests.conftest import BIN, cli_env
 
 RUN_CONFIG = "/etc/astrobio/config.yaml"
 

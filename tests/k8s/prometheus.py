@@ -11,8 +11,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import require_tool
-from tests.trainer.conftest import free_port, wait_for
+from tests.conftest import free_port, require_tool, wait_for
 
 
 class Prometheus:

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import wait_for
 from tests.k8s.chart import CHART, base_metric, contract_metrics, objects, render, rules_spec
 from tests.k8s.pods import Pod
 from tests.k8s.prometheus import Prometheus
 from tests.k8s.test_monitoring import used_metric_names
-from tests.trainer.conftest import wait_for
 
 
 @pytest.mark.slow

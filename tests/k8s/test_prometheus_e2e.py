@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port, wait_for
 from tests.k8s.chart import base_metric, contract_metrics, render, rules_spec
 from tests.k8s.pods import Pod, replica_pods
 from tests.k8s.prometheus import Prometheus
 from tests.k8s.test_monitoring import EXTERNAL, used_metric_names
-from tests.trainer.conftest import free_port, wait_for
 
 JOB_LABELS = {"namespace": "astrobio", "pytorchjob": "astrobio-train-planets", "pod": "astrobio-train-planets-master-0"}
 # exported only on CUDA, by token models, or where FLOPs are known: a CPU planets run has none of them

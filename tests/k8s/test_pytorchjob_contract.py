@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.k8s.pods import Pod, operator_env, replica_pods
-from tests.trainer.conftest import free_port
 
 MANIFEST = REPO / "manifests" / "planets-job.yaml"
 

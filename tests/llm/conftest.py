@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.trainer.conftest import BIN, cli_env
+from tests.conftest import BIN, REPO, cli_env
 
 # Small enough for two CPU cores: 12 steps of 8 windows of 64 tokens per rank.
 QUICK = ("model.seq_len=64", "train.max_steps=12", "train.eval_every=6", "train.eval_batches=2",

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-from tests.trainer.conftest import cli_env, free_port
+from tests.conftest import REPO, cli_env, free_port
 from trainer.parallelize import ParallelSpec, deepspeed_config
 
 STEPS = 4

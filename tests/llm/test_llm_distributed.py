@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import checkpoint_steps, cli_env, free_port, run_cli, train_losses, wait_for
 from tests.llm.conftest import QUICK, llm_args
-from tests.trainer.conftest import checkpoint_steps, cli_env, free_port, run_cli, train_losses, wait_for
 
 
 def pytorchjob_env(rank: int, port: int) -> dict[str, str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import BIN, run_cli
 from tests.llm.conftest import llm_args
-from tests.trainer.conftest import BIN, run_cli
 
 
 @pytest.fixture(scope="module")

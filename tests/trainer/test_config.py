@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from datajobs.errors import ConfigError
-from tests.conftest import REPO
-from tests.trainer.conftest import BIN, run_cli
+from tests.conftest import BIN, REPO, run_cli
 from trainer.config import load_config
 
 PLANETS = REPO / "configs" / "planets.yaml"

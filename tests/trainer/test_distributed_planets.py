@@ -6,7 +6,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.trainer.conftest import checkpoint_steps, cli_env, free_port, planets_args, run_cli, train_losses, wait_for
+from tests.conftest import checkpoint_steps, cli_env, free_port, planets_args, run_cli, train_losses, wait_for
 
 COMMON = ("train.max_steps=60", "train.early_stopping_patience=null", "train.eval_every=30",
           "checkpoint.every_steps=30", "train.precision=fp32")
@@ -58,3 +58,24 @@ def test_sigterm_to_launcher_checkpoints_every_rank_and_exits_143(data_root: Pat
     assert checkpoint_steps(run) == [last]
     assert sorted(p.name for p in (run / "checkpoints" / f"step-{last:08d}").glob("rng-rank*.npz")) == [
         "rng-rank0.npz", "rng-rank1.npz"]
+
+
+def test_ddp_config_runs_on_a_single_process(data_root: Path, tmp_path: Path) -> None:
+    result = run_cli(planets_args(data_root, tmp_path, "distributed.strategy=ddp", *COMMON))
+    assert result.returncode == 0, result.stderr
+    assert "| world size | 1 |" in (tmp_path / "planets" / "report.md").read_text()
+
+
+def test_trainjob_v2_env_pet_only_one_process_per_node(data_root: Path, tmp_path: Path) -> None:
+    """Trainer v2 sets only PET_*: two 'nodes' with one process each must form one world of size 2."""
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(planets_args(data_root, tmp_path, "distributed.strategy=ddp", "data.batch_size=32", *COMMON),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=cli_env(PET_NNODES="2", PET_NPROC_PER_NODE="1", PET_NODE_RANK=str(node),
+                                     PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=port))
+        for node in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "| world size | 2 |" in (tmp_path / "planets" / "report.md").read_text()

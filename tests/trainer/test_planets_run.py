@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
-from tests.trainer.conftest import (
+from tests.conftest import (
     checkpoint_steps,
     cli_env,
     free_port,
     planets_args,
+    require_tool,
     run_cli,
     train_losses,
     wait_for,
