@@ -22,6 +22,7 @@ render() {  # render FILE VALUES [helm template flags...]
 }
 
 render planets-job.yaml planets-cpu-values.yaml
+render planets-trainjob.yaml trainjob-values.yaml
 render llm-job.yaml llm-fsdp-values.yaml
 render data-cronjobs.yaml datajobs-values.yaml
 render monitoring.yaml monitoring-values.yaml \

@@ -58,6 +58,21 @@ def pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+def trainjob_pod(doc: dict[str, Any]) -> dict[str, Any]:
+    """The trainer pod a TrainJob asks for: its runtimePatches pod template with the trainer fields merged into
+    the patched container, as the Trainer v2 controller builds it (the runtime's own defaults left out)."""
+    (patch,) = doc["spec"]["runtimePatches"]
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    template = replicated["template"]["spec"]["template"]
+    spec = {**template["spec"], "containers": [dict(c) for c in template["spec"]["containers"]]}
+    trainer = doc["spec"]["trainer"]
+    spec["containers"][0].update(
+        {key: trainer[key] for key in ("image", "command", "args", "env")},
+        resources=trainer["resourcesPerNode"],
+    )
+    return {"metadata": template["metadata"], "spec": spec}
+
+
 def contract_metrics() -> set[str]:
     """Metric names that docs/contracts.md promises (trainer and data jobs)."""
     return set(re.findall(r"`(astrobio_[a-z0-9_]+)`", CONTRACTS.read_text()))

@@ -28,6 +28,7 @@ from tests.k8s.chart import (
     pod_specs,
     render,
     template_args,
+    trainjob_pod,
 )
 
 KUBERNETES_VERSIONS = ["1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0"]
@@ -35,11 +36,13 @@ CUSTOM = {
     "PyTorchJob": "kubeflow.org_pytorchjobs.yaml",
     "PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
     "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
+    "TrainJob": "trainer.kubeflow.org_trainjobs.yaml",
 }
 CRD_SHA256 = {
     "kubeflow.org_pytorchjobs.yaml": "8b8a8a719cc94173169290251e817f7ac2bb425c20b6c2fa813397bcf4e932ed",
     "monitoring.coreos.com_podmonitors.yaml": "45a93443daa687d3654f7e9631909ff7edcdf3ec09c5e60251b74aa2722aee5d",
     "monitoring.coreos.com_prometheusrules.yaml": "78be98554b9c8506ab2b4f4feb91c5f3a56e536a0a510f3a8e876a459970d56d",
+    "trainer.kubeflow.org_trainjobs.yaml": "a742cafc5b5582640c7e0b7467c024fc237256fbca5ba0a9f0531dfb66d64416",
 }
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 RESTRICTED_VOLUMES = {
@@ -68,6 +71,7 @@ def test_scenarios_cover_every_kind(scenarios: dict[str, list[dict[str, Any]]]) 
     kinds = {doc["kind"] for _, doc in all_objects(scenarios)}
     assert kinds >= {
         "PyTorchJob",
+        "TrainJob",
         "CronJob",
         "ConfigMap",
         "ServiceAccount",
@@ -204,6 +208,12 @@ BAD_VALUES = [
     ),
     ("dataJobs.kegg.schedule=every day", "expected 5 cron fields"),
     ("jobs.planets.strategy=none", "strategy none cannot run 2 nodes x 1 processes"),
+    ("jobs.planets.kind=MPIJob", "/jobs/planets/kind"),
+    ("jobs.planets.terminationGracePeriodSeconds=45", "/jobs/planets/terminationGracePeriodSeconds"),
+    ("jobs.planets.extraEnv[0].name=ASTROBIO_SHUTDOWN_TIMEOUT_SECONDS", "/jobs/planets/extraEnv/0/name"),
+    ("jobs.planets.extraEnv[0].name=PET_NNODES", "/jobs/planets/extraEnv/0/name"),
+    ("jobs.planets.trainJob.runtimeRef.kind=Runtime", "/jobs/planets/trainJob/runtimeRef/kind"),
+    ("jobs.planets.kind=TrainJob,jobs.planets.schedulerName=volcano", "schedulerName is not a TrainJob field"),
 ]
 
 
@@ -283,7 +293,7 @@ def test_manifests_are_rendered_from_the_chart(tmp_path: Path) -> None:
         capture_output=True,
         timeout=120,
     )
-    names = {"llm-job.yaml", "planets-job.yaml", "data-cronjobs.yaml", "monitoring.yaml"}
+    names = {"llm-job.yaml", "planets-job.yaml", "planets-trainjob.yaml", "data-cronjobs.yaml", "monitoring.yaml"}
     assert {p.name for p in tmp_path.iterdir()} == names
     for name in sorted(names):
         assert (REPO / "manifests" / name).read_text() == (tmp_path / name).read_text(), (
@@ -291,14 +301,15 @@ def test_manifests_are_rendered_from_the_chart(tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.parametrize("name", ["planets-job.yaml", "llm-job.yaml", "data-cronjobs.yaml"])
+@pytest.mark.parametrize("name", ["planets-job.yaml", "planets-trainjob.yaml", "llm-job.yaml", "data-cronjobs.yaml"])
 def test_manifests_are_self_contained(name: str) -> None:
     """Each manifest applies as-is: what its pods reference (ServiceAccount, ConfigMap, PVC) is in the file."""
     docs = [d for d in yaml.safe_load_all((REPO / "manifests" / name).read_text()) if d]
     present = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert all(d["metadata"]["namespace"] == "astrobio" for d in docs)
     for doc in docs:
-        for pod in pod_specs(doc):
+        trainjob = [trainjob_pod(doc)["spec"]] if doc["kind"] == "TrainJob" else []
+        for pod in pod_specs(doc) + trainjob:
             assert ("ServiceAccount", pod["serviceAccountName"]) in present
             for volume in pod["volumes"]:
                 if "configMap" in volume:

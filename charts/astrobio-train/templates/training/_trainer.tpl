@@ -32,6 +32,19 @@
 {{- $max -}}
 {{- end -}}
 
+{{/* TrainJob scrape targets as YAML {nproc: most processes per pod, containers: trainer container names} */}}
+{{- define "astrobio.trainJobPorts" -}}
+{{- $nproc := 0 -}}
+{{- $containers := list -}}
+{{- range $name, $job := include "astrobio.enabledJobs" . | fromYaml -}}
+{{- if eq $job.kind "TrainJob" -}}
+{{- $nproc = max $nproc (include "astrobio.nproc" $job | int) -}}
+{{- $containers = append $containers $job.trainJob.container | uniq -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (dict "nproc" $nproc "containers" $containers) -}}
+{{- end -}}
+
 {{/* run config from {root, name, job}: the job's config with the keys the chart owns filled in */}}
 {{- define "astrobio.runConfig" -}}
 {{- $v := .root.Values -}}
@@ -51,7 +64,130 @@
 {{- toYaml $cfg -}}
 {{- end -}}
 
-{{/* pod template of a replica from {root, name, job} */}}
+{{/* the launcher's checkpoint window on SIGTERM: terminationGracePeriodSeconds less a margin for the exit */}}
+{{- define "astrobio.shutdownTimeout" -}}
+{{- sub (int .terminationGracePeriodSeconds) 30 -}}
+{{- end -}}
+
+{{/* labels of the trainer pods from {root, name, job} */}}
+{{- define "astrobio.trainerPodLabels" -}}
+{{ include "astrobio.labels" .root }}
+app.kubernetes.io/component: trainer
+astrobio.io/job: {{ .name }}
+{{- end -}}
+
+{{/* annotations of the trainer pods from {root, name, job} */}}
+{{- define "astrobio.trainerPodAnnotations" -}}
+checksum/config: {{ include "astrobio.runConfig" . | sha256sum }}
+{{- with .job.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* the trainer container's image, command and args from {root, name, job} */}}
+{{- define "astrobio.trainerCommand" -}}
+{{- $v := .root.Values -}}
+image: {{ include "astrobio.image" (dict "image" $v.images.trainer "root" .root) }}
+# `astrobio-train run` starts --nproc-per-node workers itself from the operator's PET_* variables
+# (torch elastic, like torchrun) and exits with the failed worker's own code, so restartPolicy ExitCode
+# sees 2, 3 or 143 where torchrun would exit 1; with one process per pod it trains in-process.
+command: [astrobio-train]
+args:
+  - run
+  - -c
+  - /etc/astrobio/config.yaml
+  - --nproc-per-node={{ include "astrobio.nproc" .job }}
+  {{- range .job.extraArgs }}
+  - {{ . | quote }}
+  {{- end }}
+{{- end -}}
+
+{{/* the trainer container's env from {root, name, job} */}}
+{{- define "astrobio.trainerEnv" -}}
+{{ include "astrobio.storageEnv" .root }}
+- name: MPLCONFIGDIR
+  value: /tmp/.matplotlib
+- name: TRITON_CACHE_DIR
+  value: /tmp/.triton
+- name: TORCHINDUCTOR_CACHE_DIR
+  value: /tmp/.inductor
+# seconds the ranks get on SIGTERM to write their checkpoint, inside terminationGracePeriodSeconds
+- name: ASTROBIO_SHUTDOWN_TIMEOUT_SECONDS
+  value: {{ include "astrobio.shutdownTimeout" .job | quote }}
+{{- with .job.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* the trainer container's resources (GPUs as nvidia.com/gpu limits) from a job */}}
+{{- define "astrobio.trainerResources" -}}
+{{- $resources := deepCopy (default (dict) .resources) -}}
+{{- if gt (int .gpusPerNode) 0 -}}
+{{- $limits := default (dict) (get $resources "limits") -}}
+{{- $_ := set $limits "nvidia.com/gpu" (int .gpusPerNode) -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+{{- toYaml $resources -}}
+{{- end -}}
+
+{{/* the trainer container's volume mounts from {root, name, job} */}}
+{{- define "astrobio.trainerVolumeMounts" -}}
+- name: run-config
+  mountPath: /etc/astrobio
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+- name: dshm
+  mountPath: /dev/shm
+{{- if .root.Values.storage.pvc.enabled }}
+- name: data
+  mountPath: {{ .root.Values.storage.pvc.mountPath }}
+{{- end }}
+{{- end -}}
+
+{{/* the trainer pod's volumes from {root, name, job} */}}
+{{- define "astrobio.trainerVolumes" -}}
+- name: run-config
+  configMap:
+    name: {{ include "astrobio.jobName" . }}-config
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .job.tmpSize }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .job.shmSize }}
+{{- if .root.Values.storage.pvc.enabled }}
+- name: data
+  persistentVolumeClaim:
+    claimName: {{ include "astrobio.pvcName" .root }}
+{{- end }}
+{{- end -}}
+
+{{/* imagePullSecrets as a list of references (the values take names or {name}) */}}
+{{- define "astrobio.pullSecrets" -}}
+{{- range .Values.imagePullSecrets }}
+- name: {{ if kindIs "string" . }}{{ . }}{{ else }}{{ .name }}{{ end }}
+{{- end }}
+{{- end -}}
+
+{{/* the scheduling part of the trainer pod spec (node selector, tolerations, affinity) from a job */}}
+{{- define "astrobio.trainerPlacement" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* pod template of a PyTorchJob replica from {root, name, job} */}}
 {{- define "astrobio.trainerPod" -}}
 {{- $root := .root -}}
 {{- $v := $root.Values -}}
@@ -59,14 +195,9 @@
 {{- $nproc := include "astrobio.nproc" $job | int -}}
 metadata:
   labels:
-    {{- include "astrobio.labels" $root | nindent 4 }}
-    app.kubernetes.io/component: trainer
-    astrobio.io/job: {{ .name }}
+    {{- include "astrobio.trainerPodLabels" . | nindent 4 }}
   annotations:
-    checksum/config: {{ include "astrobio.runConfig" . | sha256sum }}
-    {{- with $job.podAnnotations }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+    {{- include "astrobio.trainerPodAnnotations" . | nindent 4 }}
 spec:
   serviceAccountName: {{ include "astrobio.serviceAccountName" $root }}
   automountServiceAccountToken: {{ $v.serviceAccount.automountToken }}
@@ -82,49 +213,17 @@ spec:
   {{- end }}
   {{- with $v.imagePullSecrets }}
   imagePullSecrets:
-    {{- range . }}
-    - name: {{ if kindIs "string" . }}{{ . }}{{ else }}{{ .name }}{{ end }}
-    {{- end }}
+    {{- include "astrobio.pullSecrets" $root | trim | nindent 4 }}
   {{- end }}
-  {{- with $job.nodeSelector }}
-  nodeSelector:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with $job.tolerations }}
-  tolerations:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with $job.affinity }}
-  affinity:
-    {{- toYaml . | nindent 4 }}
+  {{- with include "astrobio.trainerPlacement" $job }}
+  {{- . | trim | nindent 2 }}
   {{- end }}
   containers:
     - name: pytorch
-      image: {{ include "astrobio.image" (dict "image" $v.images.trainer "root" $root) }}
+      {{- include "astrobio.trainerCommand" . | nindent 6 }}
       imagePullPolicy: {{ $v.images.trainer.pullPolicy }}
-      # `astrobio-train run` starts --nproc-per-node workers itself from the operator's PET_* variables
-      # (torch elastic, like torchrun) and exits with the failed worker's own code, so restartPolicy ExitCode
-      # sees 2, 3 or 143 where torchrun would exit 1; with one process per pod it trains in-process.
-      command: [astrobio-train]
-      args:
-        - run
-        - -c
-        - /etc/astrobio/config.yaml
-        - --nproc-per-node={{ $nproc }}
-        {{- range $job.extraArgs }}
-        - {{ . | quote }}
-        {{- end }}
       env:
-        {{- include "astrobio.storageEnv" $root | nindent 8 }}
-        - name: MPLCONFIGDIR
-          value: /tmp/.matplotlib
-        - name: TRITON_CACHE_DIR
-          value: /tmp/.triton
-        - name: TORCHINDUCTOR_CACHE_DIR
-          value: /tmp/.inductor
-        {{- with $job.extraEnv }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
+        {{- include "astrobio.trainerEnv" . | nindent 8 }}
       ports:
         - name: pytorchjob-port
           containerPort: 23456
@@ -135,41 +234,11 @@ spec:
           protocol: TCP
         {{- end }}
       resources:
-        {{- $resources := deepCopy (default (dict) $job.resources) }}
-        {{- if gt (int $job.gpusPerNode) 0 }}
-        {{- $limits := default (dict) (get $resources "limits") }}
-        {{- $_ := set $limits "nvidia.com/gpu" (int $job.gpusPerNode) }}
-        {{- $_ := set $resources "limits" $limits }}
-        {{- end }}
-        {{- toYaml $resources | nindent 8 }}
+        {{- include "astrobio.trainerResources" $job | nindent 8 }}
       securityContext:
         {{- include "astrobio.containerSecurityContext" $root | nindent 8 }}
       volumeMounts:
-        - name: run-config
-          mountPath: /etc/astrobio
-          readOnly: true
-        - name: tmp
-          mountPath: /tmp
-        - name: dshm
-          mountPath: /dev/shm
-        {{- if $v.storage.pvc.enabled }}
-        - name: data
-          mountPath: {{ $v.storage.pvc.mountPath }}
-        {{- end }}
+        {{- include "astrobio.trainerVolumeMounts" . | nindent 8 }}
   volumes:
-    - name: run-config
-      configMap:
-        name: {{ include "astrobio.jobName" . }}-config
-    - name: tmp
-      emptyDir:
-        sizeLimit: {{ $job.tmpSize }}
-    - name: dshm
-      emptyDir:
-        medium: Memory
-        sizeLimit: {{ $job.shmSize }}
-    {{- if $v.storage.pvc.enabled }}
-    - name: data
-      persistentVolumeClaim:
-        claimName: {{ include "astrobio.pvcName" $root }}
-    {{- end }}
+    {{- include "astrobio.trainerVolumes" . | nindent 4 }}
 {{- end -}}
