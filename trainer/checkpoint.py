@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -79,6 +80,31 @@ def _set_rng_state(arrays: dict[str, np.ndarray]) -> None:
     np.random.set_state(("MT19937", arrays["numpy_keys"], pos, has_np_gauss, float(arrays["numpy_gauss"][0])))
     if "cuda" in arrays and torch.cuda.is_available():
         torch.cuda.set_rng_state(torch.from_numpy(arrays["cuda"].copy()))
+
+
+class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+    """DCP's planner, but the non-tensor entries (e.g. optimizer hyper-parameters) load with weights_only=True."""
+
+    def load_bytes(self, read_item, value) -> None:
+        obj = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            from torch.distributed.checkpoint._nested_dict import set_element
+
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def unique_storage(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop aliases of tied weights (safetensors refuses shared storage); the first name is kept."""
+    seen: set[int] = set()
+    unique = {}
+    for name, tensor in weights.items():
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            unique[name] = tensor.contiguous()
+    return unique
 
 
 def step_dir_name(step: int) -> str:
@@ -145,7 +171,8 @@ class Checkpointer:
             )
         model_sd, optim_sd = get_state_dict(model, optimizer)
         target = {"model": model_sd, "optim": optim_sd}
-        dcp.load(target, checkpoint_id=str(path), no_dist=not self.env.is_distributed)
+        dcp.load(target, checkpoint_id=str(path), planner=WeightsOnlyLoadPlanner(),
+                 no_dist=not self.env.is_distributed)
         set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
         rng_file = path / f"rng-rank{self.env.rank}.npz"
         if rng_file.is_file():
@@ -163,7 +190,7 @@ class Checkpointer:
             tmp = self.best_dir.with_name(".tmp-best")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+            save_file(unique_storage(weights), str(tmp / "model.safetensors"))
             meta = {"step": step, "metric": metric_name, "value": metric}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
             old = self.best_dir.with_name(".old-best")
@@ -179,5 +206,8 @@ def load_weights(model: nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
     missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {params[k].data_ptr() for k in params if k not in missing}
+    missing = [k for k in missing if k not in params or params[k].data_ptr() not in loaded]  # tied: loaded once
     if missing or unexpected:
         raise DataError(f"{path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
 
 from datajobs.errors import AstrobioError
 
@@ -126,23 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("components", help="list the trainable components")
     p.set_defaults(func=cmd_components)
 
-    for name, module, attr in (("plan", "trainer.planner", "add_plan_parser"),
-                               ("generate", "trainer.generate", "add_generate_parser")):
-        add = _optional(module, attr)
-        if add is not None:
-            add(sub)
-        else:
-            log.debug("subcommand %s unavailable", name)
+    from trainer.generate import add_generate_parser
+    from trainer.lora import add_export_parser
+    from trainer.planner import add_plan_parser
+
+    for add in (add_plan_parser, add_generate_parser, add_export_parser):
+        add(sub)
     return parser
-
-
-def _optional(module: str, attr: str) -> Callable | None:
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

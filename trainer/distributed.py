@@ -90,8 +90,17 @@ def init(cfg: DistributedConfig, device_request: str) -> DistEnv:
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=device)
 
 
-def shutdown() -> None:
+def shutdown(timeout_seconds: float = 60) -> None:
+    """Leave the group together: a short barrier first, so no rank tears down links a peer still uses."""
     if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            try:
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=dt.timedelta(seconds=timeout_seconds))
+                else:
+                    dist.barrier()
+            except RuntimeError:
+                pass  # a peer is already gone; tearing down is all that is left
         dist.destroy_process_group()
 
 

@@ -149,8 +149,16 @@ class Trainer:
         cfg, env = self.cfg, self.env
         seed_everything(cfg.train.seed)
         data = self.data = self.component.build_data(self.store)
-        model = self.component.build_model(data).to(env.device)
-        model = self.model = parallelize.parallelize(model, parallelize.ParallelSpec.from_config(cfg), env.device)
+        spec = parallelize.ParallelSpec.from_config(cfg)
+        if spec.strategy == "fsdp" and self.component.init_on_meta():
+            with torch.device("meta"):
+                model = self.component.build_model(data)
+            model = parallelize.parallelize(model, spec, env.device)
+            model.to_empty(device=env.device)
+            model.init_weights()
+        else:
+            model = parallelize.parallelize(self.component.build_model(data).to(env.device), spec, env.device)
+        self.model = model
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
         ckpt = Checkpointer(self.run_dir, env, cfg.checkpoint.keep_last)

@@ -85,6 +85,11 @@ class Component(ABC):
         """Loss of one validation batch; defaults to the training loss."""
         return self.training_step(model, batch)
 
+    def init_on_meta(self) -> bool:
+        """True when build_model can run on the meta device and `model.init_weights()` then fills each rank's
+        shards (so a large model is never materialised whole on one host under FSDP); default False."""
+        return False
+
     def flops_per_sample(self, model: nn.Module) -> float | None:
         """Training FLOPs per sample (forward + backward), for MFU; None when unknown."""
         return None
