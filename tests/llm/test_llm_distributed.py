@@ -27,6 +27,18 @@ def start_pair(args: list[str]) -> list[subprocess.Popen]:
                              env=pytorchjob_env(rank, port)) for rank in (0, 1)]
 
 
+def kill_pod(proc: subprocess.Popen) -> None:
+    """SIGKILL a replica and every process it started (the launcher's workers run in their own sessions)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(proc.pid)
+        for p in [*parent.children(recursive=True), parent]:
+            p.kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
 def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
     out = []
     for p in procs:
@@ -43,15 +55,28 @@ def two_ranks(text_root: Path, run_dir: Path, *overrides: str) -> list[tuple[int
     return finish(start_pair(llm_args(text_root, run_dir, *QUICK, "data.batch_size=8", *overrides)))
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_replicas_match_one_process_with_the_same_global_batch(text_root: Path, tmp_path: Path,
-                                                                   strategy: str) -> None:
-    one = run_cli(llm_args(text_root, tmp_path / "one", *QUICK, "data.batch_size=16"))
-    assert one.returncode == 0, one.stderr[-3000:]
-    results = two_ranks(text_root, tmp_path / "two", f"distributed.strategy={strategy}",
-                        "distributed.fsdp_param_dtype=float32")
-    assert [rc for rc, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
-    a, b = train_losses(tmp_path / "one" / "llm-tiny"), train_losses(tmp_path / "two" / "llm-tiny")
+FSDP = ("distributed.strategy=fsdp", "distributed.fsdp_param_dtype=float32")
+
+
+@pytest.fixture(scope="module")
+def single(text_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    """Losses of one process with the global batch of 16 windows."""
+    run_dir = tmp_path_factory.mktemp("one")
+    result = run_cli(llm_args(text_root, run_dir, *QUICK, "data.batch_size=16"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return train_losses(run_dir / "llm-tiny")
+
+
+@pytest.fixture(scope="module")
+def fsdp_pair(text_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    """Losses of two fsdp replicas with 8 windows each, uninterrupted."""
+    run_dir = tmp_path_factory.mktemp("fsdp")
+    results = two_ranks(text_root, run_dir, *FSDP)
+    assert [rc for rc, _ in results] == [0, 0], "\n".join(err[-2000:] for _, err in results)
+    return train_losses(run_dir / "llm-tiny")
+
+
+def assert_same_curve(a: dict[int, float], b: dict[int, float]) -> None:
     assert sorted(a) == sorted(b) == list(range(1, 13))
     # Same 16 windows per step split 8 + 8; fp32 everywhere, so only the order of float reductions
     # (gradient all-reduce / reduce-scatter) differs: tolerance 1e-4 relative on every step's loss.
@@ -59,25 +84,32 @@ def test_two_replicas_match_one_process_with_the_same_global_batch(text_root: Pa
     assert worst < 1e-4, f"largest relative difference {worst:.2e}"
 
 
-def test_fsdp_kill_and_resume_continues_with_identical_losses(text_root: Path, tmp_path: Path) -> None:
-    fsdp = ("distributed.strategy=fsdp",)
-    results = two_ranks(text_root, tmp_path / "straight", *fsdp)
+def test_two_ddp_replicas_match_one_process(text_root: Path, tmp_path: Path, single: dict[int, float]) -> None:
+    results = two_ranks(text_root, tmp_path, "distributed.strategy=ddp")
     assert [rc for rc, _ in results] == [0, 0], "\n".join(err[-2000:] for _, err in results)
-    straight = train_losses(tmp_path / "straight" / "llm-tiny")
+    assert_same_curve(single, train_losses(tmp_path / "llm-tiny"))
 
-    run = tmp_path / "killed" / "llm-tiny"
-    procs = start_pair(llm_args(text_root, tmp_path / "killed", *QUICK, "data.batch_size=8", *fsdp))
+
+def test_two_fsdp_replicas_match_one_process(single: dict[int, float], fsdp_pair: dict[int, float]) -> None:
+    assert_same_curve(single, fsdp_pair)
+
+
+def test_fsdp_kill_and_resume_continues_with_identical_losses(text_root: Path, tmp_path: Path,
+                                                               fsdp_pair: dict[int, float]) -> None:
+    run = tmp_path / "llm-tiny"
+    procs = start_pair(llm_args(text_root, tmp_path, *QUICK, "data.batch_size=8", *FSDP,
+                                "train.max_steps=100000", "train.eval_every=100000"))
     try:
         wait_for(lambda: checkpoint_steps(run) == [6], 240, "the step-6 checkpoint", procs[0])
     finally:
         for p in procs:
-            p.kill()  # SIGKILL: no chance to checkpoint again
+            kill_pod(p)  # the whole pod at once: no chance to checkpoint again
     finish(procs)
     assert checkpoint_steps(run) == [6]
-    results = two_ranks(text_root, tmp_path / "killed", *fsdp)
-    assert [rc for rc, _ in results] == [0, 0], results[0][1][-3000:]
+    results = two_ranks(text_root, tmp_path, *FSDP)
+    assert [rc for rc, _ in results] == [0, 0], "\n".join(err[-2000:] for _, err in results)
     resumed = train_losses(run)
-    assert all(resumed[s] == pytest.approx(straight[s], rel=1e-6, abs=0) for s in range(7, 13))
+    assert all(resumed[s] == pytest.approx(fsdp_pair[s], rel=1e-6, abs=0) for s in range(7, 13))
 
 
 def test_sigterm_to_one_rank_checkpoints_both_and_exits_143(text_root: Path, tmp_path: Path) -> None:
