@@ -49,10 +49,11 @@ def quantize_nf4(model: nn.Module, device: torch.device, compute_dtype: torch.dt
 def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
                targets: tuple[str, ...] = LORA_TARGETS) -> nn.Module:
     """Freeze the base and add rank-r adapters (fp32) on the block linears named in targets."""
-    from peft import LoraConfig, get_peft_model
+    from datajobs.errors import require
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
-    return get_peft_model(model, config)
+    peft = require("peft", "lora")
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
+    return peft.get_peft_model(model, config)
 
 
 def load_base(model: nn.Module, path: str | Path) -> None:

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.data import Dataset
 
-from datajobs.errors import ConfigError, DataError
+from datajobs.errors import ConfigError, DataError, require
 from datajobs.store import DatasetVersion, Store
 from trainer.components.base import Component, ComponentData, ModelConfig, ReportSection, StepOutput
 from trainer.models.transformer import Transformer, TransformerArgs
@@ -106,11 +106,10 @@ class LLMComponent(Component):
     needs = ("text",)
 
     def build_data(self, store: Store) -> ComponentData:
-        from tokenizers import Tokenizer
-
+        tokenizers = require("tokenizers", "text")
         cfg: LLMModelConfig = self.model_cfg
         version = store.open(self.cfg.data.dataset)
-        self.tokenizer = Tokenizer.from_str(version.read_bytes("tokenizer.json").decode())
+        self.tokenizer = tokenizers.Tokenizer.from_str(version.read_bytes("tokenizer.json").decode())
         self.train_tokens = read_tokens(version, "train")
         self.val_tokens = read_tokens(version, "val")
         self.vocab = self.tokenizer.get_vocab_size()
