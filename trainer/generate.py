@@ -90,8 +90,10 @@ def _load_checkpoint_model(model: nn.Module, path: Path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
+    from trainer.checkpoint import WeightsOnlyLoadPlanner
+
     state = {"model": get_model_state_dict(model)}
-    dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    dcp.load(state, checkpoint_id=str(path), planner=WeightsOnlyLoadPlanner(), no_dist=True)
     set_model_state_dict(model, state["model"])
 
 

@@ -64,8 +64,10 @@ def load_base(model: nn.Module, path: str | Path) -> None:
         return
     import torch.distributed.checkpoint as dcp
 
+    from trainer.checkpoint import WeightsOnlyLoadPlanner
+
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(path))
+    dcp.load(state, checkpoint_id=str(path), planner=WeightsOnlyLoadPlanner())
     model.load_state_dict(state["model"])
 
 

@@ -134,3 +134,10 @@ def test_nan_on_one_rank_stops_both_with_exit_3(text_root: Path, tmp_path: Path)
     assert [rc for rc, _ in results] == [3, 3], "\n".join(err[-2000:] for _, err in results)
     assert all("non-finite loss at step 8" in err for _, err in results)
     assert checkpoint_steps(tmp_path / "llm-tiny") == [6]
+
+
+def test_fsdp_builds_on_the_meta_device_and_trains(text_root: Path, tmp_path: Path) -> None:
+    result = run_cli(llm_args(text_root, tmp_path, *QUICK, "data.batch_size=8", *FSDP, "model.init_on_meta=true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = train_losses(tmp_path / "llm-tiny")
+    assert 7.0 < losses[1] < 9.0 and losses[12] < losses[1] - 0.5  # ~ln(4096) at start, then learning

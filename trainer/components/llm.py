@@ -43,6 +43,8 @@ class LLMModelConfig(ModelConfig):
     lora_rank: int = Field(16, gt=0)
     lora_alpha: float = Field(32.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
+    init_on_meta: bool = Field(False, description="fsdp: build on the meta device, each rank initialises its "
+                               "shards (for 7B+; full training without base_checkpoint only)")
     sample_prompts: list[str] = Field(default_factory=lambda: ["The NASA Exoplanet Archive"],
                                       description="prompts sampled into the report")
     sample_tokens: int = Field(48, ge=0, description="new tokens per report sample")
@@ -122,6 +124,10 @@ class LLMComponent(Component):
         card = (f"{version.ref}: {len(self.train_tokens):,} train and {len(self.val_tokens):,} val tokens, "
                 f"vocab {self.vocab}; windows of {cfg.seq_len} + 1 tokens: {len(train):,} train, {len(val):,} val.")
         return ComponentData(train=train, val=val, lineage={self.cfg.data.dataset: version.ref}, card=card)
+
+    def init_on_meta(self) -> bool:
+        cfg: LLMModelConfig = self.model_cfg
+        return cfg.init_on_meta and cfg.finetune == "full" and not cfg.base_checkpoint
 
     def model_args(self) -> TransformerArgs:
         return self.model_cfg.transformer_args(self.vocab)
