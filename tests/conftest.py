@@ -86,6 +86,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def checkpoint_dirs(run: Path) -> list[Path]:
+    """Complete checkpoint folders of a run (renamed from their temp name only when finished), oldest first."""
+    return sorted((run / "checkpoints").glob("step-*"))
+
+
 def checkpoint_steps(run: Path) -> list[int]:
-    ckpts = run / "checkpoints"
-    return sorted(int(p.name.split("-")[1]) for p in ckpts.glob("step-*") if (p / ".metadata").is_file())
+    return [int(p.name.split("-")[1]) for p in checkpoint_dirs(run) if (p / "trainer_state.json").is_file()]

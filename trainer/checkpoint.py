@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from datajobs.errors import DataError
+from trainer import deepspeed_engine
 from trainer.distributed import DistEnv, barrier
 
 STEP_PREFIX = "step-"
@@ -97,12 +98,12 @@ class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
 
 def unique_storage(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop aliases of tied weights (safetensors refuses shared storage); the first name is kept."""
-    seen: set[int] = set()
+    seen: set[tuple[int, tuple[int, ...]]] = set()
     unique = {}
     for name, tensor in weights.items():
-        ptr = tensor.untyped_storage().data_ptr()
-        if ptr not in seen:
-            seen.add(ptr)
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
             unique[name] = tensor.contiguous()
     return unique
 
@@ -127,10 +128,7 @@ class Checkpointer:
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        found = [
-            p for p in self.root.glob(f"{STEP_PREFIX}*")
-            if (p / ".metadata").is_file() and (p / STATE_FILE).is_file()
-        ]
+        found = [p for p in self.root.glob(f"{STEP_PREFIX}*") if (p / STATE_FILE).is_file()]  # written last
         return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
 
     def latest(self) -> Path | None:
@@ -146,8 +144,12 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier(self.env)
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=not self.env.is_distributed)
+        if deepspeed_engine.is_engine(model):
+            deepspeed_engine.save(model, tmp)
+        else:
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp),
+                     no_dist=not self.env.is_distributed)
         np.savez(tmp / f"rng-rank{self.env.rank}.npz", **_rng_state())
         barrier(self.env)
         if self.env.is_main:
@@ -169,11 +171,14 @@ class Checkpointer:
                 f"{self.env.world_size}: the data position cannot be resharded; resume with "
                 f"{state.world_size} ranks or start a new run (logging.run_name)"
             )
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        target = {"model": model_sd, "optim": optim_sd}
-        dcp.load(target, checkpoint_id=str(path), planner=WeightsOnlyLoadPlanner(),
-                 no_dist=not self.env.is_distributed)
-        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
+        if deepspeed_engine.is_engine(model):
+            deepspeed_engine.load(model, path)
+        else:
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            target = {"model": model_sd, "optim": optim_sd}
+            dcp.load(target, checkpoint_id=str(path), planner=WeightsOnlyLoadPlanner(),
+                     no_dist=not self.env.is_distributed)
+            set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
         rng_file = path / f"rng-rank{self.env.rank}.npz"
         if rng_file.is_file():
             with np.load(rng_file, allow_pickle=False) as arrays:
@@ -184,8 +189,10 @@ class Checkpointer:
         """Full (gathered) weights as safetensors in `best/`, written atomically by rank 0."""
         from safetensors.torch import save_file
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        weights = get_model_state_dict(model, options=options)
+        if deepspeed_engine.is_engine(model):
+            weights = deepspeed_engine.full_state_dict(model)
+        else:
+            weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.env.is_main:
             tmp = self.best_dir.with_name(".tmp-best")
             shutil.rmtree(tmp, ignore_errors=True)

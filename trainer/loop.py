@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.utils.data import DataLoader, Subset
 
 from datajobs.errors import AstrobioError, ConfigError
-from trainer import distributed, parallelize
+from trainer import deepspeed_engine, distributed, parallelize
 from trainer.checkpoint import Checkpointer, TrainerState
 from trainer.components.base import Component, ComponentData, move_to_device
 from trainer.config import RunConfig
@@ -110,6 +110,8 @@ class Trainer:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained model's full weights on CPU (gathered from shards where the strategy shards)."""
+        if deepspeed_engine.is_engine(self.model):
+            return deepspeed_engine.full_state_dict(self.model)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(self.model, options=options)
 
@@ -150,7 +152,9 @@ class Trainer:
         seed_everything(cfg.train.seed)
         data = self.data = self.component.build_data(self.store)
         spec = parallelize.ParallelSpec.from_config(cfg)
-        if spec.strategy == "fsdp" and self.component.init_on_meta():
+        if spec.strategy == "deepspeed":
+            model = deepspeed_engine.build(self.component.build_model(data), cfg, spec, env)
+        elif spec.strategy == "fsdp" and self.component.init_on_meta():
             with torch.device("meta"):
                 model = self.component.build_model(data)
             model = parallelize.parallelize(model, spec, env.device)
@@ -159,8 +163,11 @@ class Trainer:
         else:
             model = parallelize.parallelize(self.component.build_model(data).to(env.device), spec, env.device)
         self.model = model
-        optimizer = build_optimizer(model, cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
+        if deepspeed_engine.is_engine(model):  # the engine built its optimizer and steps our schedule
+            optimizer, scheduler = model.optimizer, model.lr_scheduler
+        else:
+            optimizer = build_optimizer(model, cfg.optim)
+            scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
         ckpt = Checkpointer(self.run_dir, env, cfg.checkpoint.keep_last)
         telemetry = Telemetry(cfg.logging, self.run_dir, cfg.component, env.rank, env.local_rank, env.device,
                               cfg.train.max_steps, cfg.model_dump(mode="json"))
@@ -189,6 +196,7 @@ class Trainer:
         telemetry.start(state.step, tc.log_every)
         flops_per_sample = self.component.flops_per_sample(model)
         stopped_early = state.stopped_early
+        engine = model if deepspeed_engine.is_engine(model) else None
         model.train()
         while state.step < tc.max_steps and not stopped_early:
             step_started = time.perf_counter()
@@ -206,27 +214,29 @@ class Trainer:
                     loss = out.loss.float()
                     if tc.inject_nan_at_step == state.step + 1 and tc.inject_nan_rank in (None, env.rank):
                         loss = loss * float("nan")
-                    (loss / tc.grad_accum_steps).backward()
+                    if engine is None:
+                        (loss / tc.grad_accum_steps).backward()
+                    else:
+                        engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
+                        if not last:
+                            engine.step()  # DeepSpeed counts micro-steps; it steps only at the boundary
                 loss_sum += loss.detach().item()
                 samples += out.samples
                 tokens += out.tokens
             loss_value = loss_sum / tc.grad_accum_steps
-            grad_norm = float(grad_norm_of(model, tc.clip_grad_norm))
-            local_bad = not math.isfinite(loss_value) or not math.isfinite(grad_norm)
-            bad_loss, bad_grad = distributed.any_rank(
-                [not math.isfinite(loss_value), not math.isfinite(grad_norm)], env)
-            if bad_loss or bad_grad:
-                kind = "loss" if bad_loss else "grad"
-                telemetry.on_nonfinite(state.step + 1, kind)
+            if engine is None:
+                grad_norm = float(grad_norm_of(model, tc.clip_grad_norm))
+                self._guard(loss_value, grad_norm, optimizer, telemetry, state, "the step was not applied")
+                optimizer.step()
+                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                raise Divergence(
-                    f"non-finite {kind} at step {state.step + 1} (here: loss {loss_value}, grad norm {grad_norm}"
-                    f"{'' if local_bad else ', finite on this rank'}); the step was not applied and no checkpoint "
-                    f"was written after step {state.step}; lower optim.lr or check the data"
-                )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            else:
+                # DeepSpeed only knows the gradient norm after its step: a non-finite loss stops before the
+                # step, a non-finite gradient right after it; in both cases nothing after is checkpointed.
+                self._guard(loss_value, 0.0, optimizer, telemetry, state, "the step was not applied")
+                engine.step()
+                grad_norm = float(engine.get_global_grad_norm() or 0.0)
+                self._guard(loss_value, grad_norm, optimizer, telemetry, state, "the step was applied")
             state.step += 1
             global_loss = distributed.mean_over_ranks([loss_value], env)[0]
             telemetry.on_step(StepRecord(
@@ -250,6 +260,23 @@ class Trainer:
             if stopped_early:
                 break
         return RunResult(self.run_dir, state.step, stopped_early, state.best_metric, state.best_step, state.lineage)
+
+    def _guard(self, loss_value: float, grad_norm: float, optimizer, telemetry: Telemetry, state: TrainerState,
+               applied: str) -> None:
+        """Stop every rank together on a non-finite loss or gradient norm (exit 3), before any checkpoint."""
+        local_bad = not math.isfinite(loss_value) or not math.isfinite(grad_norm)
+        bad_loss, bad_grad = distributed.any_rank([not math.isfinite(loss_value), not math.isfinite(grad_norm)],
+                                                  self.env)
+        if not (bad_loss or bad_grad):
+            return
+        kind = "loss" if bad_loss else "grad"
+        telemetry.on_nonfinite(state.step + 1, kind)
+        optimizer.zero_grad(set_to_none=True)
+        raise Divergence(
+            f"non-finite {kind} at step {state.step + 1} (here: loss {loss_value}, grad norm {grad_norm}"
+            f"{'' if local_bad else ', finite on this rank'}); {applied} and no checkpoint was written after "
+            f"step {state.step}; lower optim.lr or check the data"
+        )
 
     def _evaluate(self, model, data: ComponentData, ckpt: Checkpointer, telemetry: Telemetry,
                   state: TrainerState) -> bool:

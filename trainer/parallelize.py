@@ -158,15 +158,11 @@ def apply_deepspeed(model: nn.Module, ds_config: dict[str, Any]) -> Any:
 def parallelize(model: nn.Module, spec: ParallelSpec, device: torch.device) -> nn.Module:
     """Checkpointing, then compile, then the strategy (torchtitan's order).
 
-    DeepSpeed owns backward, step and checkpoints (engine.backward/step/save_checkpoint), which the shared
-    loop does not drive yet: refused here with one line (apply_deepspeed builds the engine directly).
+    DeepSpeed owns backward, step and checkpoints: trainer.deepspeed_engine builds its engine instead.
     """
     check_spec(spec)
     if spec.strategy == "deepspeed":
-        from datajobs.errors import ConfigError
-
-        raise ConfigError("distributed.strategy=deepspeed: the training loop does not drive a DeepSpeed engine "
-                          "yet (docs/notes-llm.md); use fsdp, the same ZeRO-3 sharding without CPU offload")
+        raise ValueError("strategy=deepspeed is built by trainer.deepspeed_engine.build, which owns the engine")
     apply_activation_checkpointing(model, spec.activation_checkpointing)
     if spec.compile:
         apply_compile(model)
