@@ -4,7 +4,8 @@ A checkpoint folder `checkpoints/step-00000042/` holds the DCP shards of model a
 strategy: single process, DDP, FSDP2), `trainer_state.json` (step, data position, scheduler, early
 stopping, lineage) and `rng-rank<R>.npz` per rank. It is written under `.tmp-step-…` and renamed once
 every rank has finished, so a killed job never leaves a half checkpoint that resume would pick up.
-Nothing here unpickles: DCP tensors, JSON and npz (allow_pickle=False) only.
+Our payloads load without unpickling objects: DCP entries with weights_only=True, JSON, npz
+(allow_pickle=False). The one exception is DCP's own `.metadata` index, which torch writes and reads with pickle.
 """
 
 from __future__ import annotations
