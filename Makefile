@@ -44,8 +44,8 @@ lint: venv  ## ruff
 	$(BIN)/ruff format --check trainer datajobs tests bench
 
 bench: venv tools  ## benchmarks; results go to docs/benchmarks.md by hand
-	$(BIN)/python bench/trainer_overhead.py
-	$(BIN)/python bench/datajobs.py
+	$(BIN)/python -m bench.trainer_overhead
+	$(BIN)/python -m bench.datajobs
 
 manifests: tools  ## render manifests/ from the chart
 	bash charts/render-manifests.sh

@@ -86,9 +86,9 @@ def autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def grad_norm_of(model: nn.Module, max_norm: float | None) -> torch.Tensor:
+def grad_norm_of(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
     """Total gradient norm (clipping when max_norm is set); works for DDP and FSDP2 DTensor grads."""
-    params = [p for p in model.parameters() if p.grad is not None]
+    params = [p for p in params if p.grad is not None]
     if not params:
         return torch.zeros(())
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
@@ -197,6 +197,7 @@ class Trainer:
         flops_per_sample = self.component.flops_per_sample(model)
         stopped_early = state.stopped_early
         engine = model if deepspeed_engine.is_engine(model) else None
+        params = [p for p in model.parameters() if p.requires_grad]  # walked once, not every step
         model.train()
         while state.step < tc.max_steps and not stopped_early:
             step_started = time.perf_counter()
@@ -225,7 +226,7 @@ class Trainer:
                 tokens += out.tokens
             loss_value = loss_sum / tc.grad_accum_steps
             if engine is None:
-                grad_norm = float(grad_norm_of(model, tc.clip_grad_norm))
+                grad_norm = float(grad_norm_of(params, tc.clip_grad_norm))
                 self._guard(loss_value, grad_norm, optimizer, telemetry, state, "the step was not applied")
                 optimizer.step()
                 scheduler.step()

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`); run as modules from the repo root, e.g. `python -m bench.trainer_overhead`."""
