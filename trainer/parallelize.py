@@ -135,7 +135,9 @@ def deepspeed_config(spec: ParallelSpec, *, micro_batch: int, grad_accum: int, l
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": grad_clip,
-        "bf16": {"enabled": bf16},
+        # bf16 as torch autocast over fp32 weights (our precision contract), not DeepSpeed's bf16 weights,
+        # which would need every input cast by hand.
+        "torch_autocast": {"enabled": bf16, "dtype": "bfloat16"},
         "zero_optimization": zero,
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "betas": list(betas), "eps": eps,
                                                   "weight_decay": weight_decay, "torch_adam": torch_adam}},

@@ -23,7 +23,7 @@ def test_generated_config_carries_stage_offload_and_batch() -> None:
     assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
     assert zero["offload_param"] == {"device": "cpu", "pin_memory": True}
     assert cfg["train_micro_batch_size_per_gpu"] == 2 and cfg["gradient_accumulation_steps"] == 16
-    assert cfg["bf16"] == {"enabled": True} and cfg["gradient_clipping"] == 1.0
+    assert cfg["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and cfg["gradient_clipping"] == 1.0
     assert cfg["optimizer"]["params"]["betas"] == [0.9, 0.95]
     stage2 = deepspeed_config(ParallelSpec("deepspeed", zero_stage=2), micro_batch=1, grad_accum=1, lr=1e-4,
                               weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0, bf16=False)
