@@ -141,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except AstrobioError as exc:
         print(f"astrobio-train: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        # Leave with exactly this code: a native thread torn down at interpreter exit has been seen to abort
+        # (SIGABRT, 134), which a PyTorchJob would retry although the error is permanent.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exc.exit_code)
 
 
 if __name__ == "__main__":

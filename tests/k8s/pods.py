@@ -93,9 +93,9 @@ class Pod:
         assert command, self.container["command"]
         env = cli_env(**{e["name"]: self.local(e["value"]) for e in self.container["env"] if "value" in e})
         env.update(extra_env)
-        argv = [command, *self.container.get("args", [])]
+        argv = [command, *(self.local(a) for a in self.container.get("args", []))]  # the binary is this checkout's
         with self.log.open("wb") as log:
-            return subprocess.Popen([self.local(a) for a in argv], env=env, stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def wait(self, proc: subprocess.Popen[bytes], timeout: float = 300) -> tuple[int, str]:
         """Exit code and output of the started container."""
