@@ -9,8 +9,6 @@ import sys
 
 from datajobs.errors import AstrobioError
 
-log = logging.getLogger("astrobio.train")
-
 EPILOG = """\
 exit codes: 0 done, 2 bad config or data, 3 numerical divergence (non-finite loss/grad),
 143 preempted (SIGTERM: checkpoint written; a PyTorchJob with restartPolicy ExitCode retries it).

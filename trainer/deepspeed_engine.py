@@ -17,7 +17,7 @@ from datajobs.errors import require
 from trainer.config import RunConfig
 from trainer.distributed import DistEnv
 from trainer.optim import lr_factor
-from trainer.parallelize import ParallelSpec, deepspeed_config
+from trainer.parallelize import ParallelSpec, apply_deepspeed, deepspeed_config
 
 TAG = "ds"
 
@@ -47,7 +47,7 @@ def build(model: nn.Module, cfg: RunConfig, spec: ParallelSpec, env: DistEnv) ->
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))  # DeepSpeed insists, even on one process
-    deepspeed = require("deepspeed", "deepspeed")
+    require("deepspeed", "deepspeed")
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     ds_config = deepspeed_config(
@@ -61,9 +61,7 @@ def build(model: nn.Module, cfg: RunConfig, spec: ParallelSpec, env: DistEnv) ->
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, cfg.schedule, cfg.train.max_steps))
 
-    engine, _, _, _ = deepspeed.initialize(
-        model=model.to(device), model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=ds_config, lr_scheduler=schedule)
+    engine = apply_deepspeed(model.to(device), ds_config, lr_scheduler=schedule)
     engine.checkpoint_engine = _weights_only_engine(TorchCheckpointEngine)(config_params=None)
     _allow_deepspeed_records()
     return engine

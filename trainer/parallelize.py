@@ -147,13 +147,13 @@ def deepspeed_config(spec: ParallelSpec, *, micro_batch: int, grad_accum: int, l
     }
 
 
-def apply_deepspeed(model: nn.Module, ds_config: dict[str, Any]) -> Any:
+def apply_deepspeed(model: nn.Module, ds_config: dict[str, Any], lr_scheduler: Any = None) -> Any:
     """A DeepSpeed engine (forward, engine.backward(loss), engine.step()) with its own AdamW."""
     import deepspeed
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()
                                                                           if p.requires_grad],
-                                           config=ds_config)
+                                           config=ds_config, lr_scheduler=lr_scheduler)
     return engine
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from datajobs.store import Store
@@ -11,8 +10,6 @@ from trainer.checkpoint import load_weights
 from trainer.config import RunConfig, dump_config
 from trainer.loop import RunResult, Trainer
 from trainer.report import write_report
-
-log = logging.getLogger("astrobio.train")
 
 
 def prepare_run_dir(cfg: RunConfig, is_main: bool) -> Path:
