@@ -41,33 +41,43 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("discoverymethod", pa.string(), "discovery method (NASA spelling)"),
     ("disc_year", pa.int64(), "discovery year"),
     ("catalogue_list", pa.string(), "Open Exoplanet Catalogue lists the planet is on; null for NASA"),
+    ("tran_flag", pa.int64(), "1 if the planet transits (its radius is a transit measurement); null if unknown"),
+    ("pl_radeerr1", pa.float64(), "upper uncertainty of pl_rade [Earth radii]; null if unknown"),
+    ("pl_radeerr2", pa.float64(), "lower uncertainty of pl_rade (negative) [Earth radii]; null if unknown"),
+    ("pl_bmasseerr1", pa.float64(), "upper uncertainty of pl_bmasse [Earth masses]; null if unknown"),
+    ("pl_bmasseerr2", pa.float64(), "lower uncertainty of pl_bmasse (negative) [Earth masses]; null if unknown"),
 ]
 SCHEMA = pa.schema([(n, t) for n, t, _ in COLUMNS])
-OPTIONAL = {"pl_bmassprov", "catalogue_list"}  # may be absent upstream; published as null
+# May be absent upstream (OEC, the bundled NASA snapshot); published as null.
+OPTIONAL = {"pl_bmassprov", "catalogue_list", "tran_flag", "pl_radeerr1", "pl_radeerr2", "pl_bmasseerr1",
+            "pl_bmasseerr2"}
 
 M_JUP_IN_EARTH = 1.2668653e17 / 3.986004e14  # IAU 2015 nominal GM_J / GM_E = 317.83
 R_JUP_IN_EARTH = 7.1492e7 / 6.3781e6  # IAU 2015 nominal equatorial radii = 11.209
 
 
 def checks() -> list[Check]:
-    """Presence, uniqueness and physical ranges wide enough for every known planet, narrow enough to catch
-    unit mix-ups (e.g. Jupiter masses in an Earth-mass column would still pass; grams would not)."""
+    """Presence, uniqueness and physical ranges: wide enough for every real planet and host (Y dwarfs near
+    300 K, neutron-star hosts of 1e-5 solar radii, wide-orbit imaged companions), narrow enough to quarantine
+    impossible values (a 58 K star, a metallicity of +7.8 dex, a 'planet' larger than 30 Earth radii, which is
+    beyond any measured planet and in the catalogues only as unit mix-ups or disk-dominated imaging fits)."""
     return [
         required("pl_name"),
         required("hostname"),
         unique("pl_name"),
-        in_range("pl_rade", 0, 100, "Earth radii", lo_open=True),
+        in_range("pl_rade", 0.1, 30, "Earth radii"),
         in_range("pl_bmasse", 0, 9540, "Earth masses (NASA includes up to 30 Jupiter masses)", lo_open=True),
-        in_range("pl_orbper", 0, 1e10, "days", lo_open=True),
+        in_range("pl_orbper", 0.05, 1e10, "days"),
         in_range("pl_orbsmax", 0, 1e5, "au", lo_open=True),
-        in_range("pl_insol", 0, 1e6, "Earth flux"),
+        in_range("pl_insol", 0, 1e5, "Earth flux"),
         in_range("pl_eqt", 0, 1e4, "K", lo_open=True),
-        in_range("st_teff", 0, 1e5, "K", lo_open=True),
+        in_range("st_teff", 250, 2e5, "K (coolest known brown dwarfs ~250 K)"),
         in_range("st_rad", 0, 2000, "solar radii", lo_open=True),
         in_range("st_mass", 0, 300, "solar masses", lo_open=True),
-        in_range("st_met", -5, 2, "dex"),
+        in_range("st_met", -5, 1.5, "dex"),
         in_range("sy_dist", 0, 1e6, "pc", lo_open=True),
         in_range("disc_year", 1988, dt.date.today().year + 1, ""),
+        in_range("tran_flag", 0, 1, ""),
     ]
 
 

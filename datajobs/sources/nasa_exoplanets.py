@@ -41,8 +41,8 @@ def build(ctx: Context) -> Product | None:
     cfg: Config = ctx.config  # type: ignore[assignment]
     notes = [
         "Rows failing a check are quarantined whole (see Quarantined); nothing is imputed or invented.",
-        "Train mass models only on rows with pl_bmassprov == 'Mass': the archive fills other masses from "
-        "M sin i or a mass-radius relation.",
+        "Train mass models only on rows with pl_bmassprov == 'Mass' and tran_flag == 1: the archive fills other "
+        "masses from M sin i or a mass-radius relation, and radii of non-transiting planets from a relation.",
     ]
     if ctx.mode == "live":
         url = query_url(cfg)
@@ -71,8 +71,9 @@ def build(ctx: Context) -> Product | None:
                 "pl_orbsmax filled with Kepler's third law",
             ]
             notes.append(
-                "The snapshot has no pl_bmassprov column, so it is null: the measured masses cannot be told from "
-                "M sin i or mass-radius values here. Run the live job (`astrobio-data run nasa-exoplanets`) for them."
+                "The snapshot has no pl_bmassprov, tran_flag or uncertainty columns, so they are null: the measured "
+                "masses cannot be told from M sin i or mass-radius values here. Run the live job "
+                "(`astrobio-data run nasa-exoplanets`) for them."
             )
     types = {n: t for n, t, _ in planets.COLUMNS}
     table = planets.conform(planets.read_csv(data, what, types), what)

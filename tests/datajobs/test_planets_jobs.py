@@ -38,7 +38,8 @@ def test_snapshot_publishes_normalized_planets(tmp_path, source):
     if source == "nasa-exoplanets":
         assert table["pl_bmassprov"].null_count == table.num_rows  # the snapshot lacks provenance
         assert table["catalogue_list"].null_count == table.num_rows
-        assert "no pl_bmassprov column" in card
+        assert "no pl_bmassprov, tran_flag or uncertainty columns" in card
+        assert table["tran_flag"].null_count == table.num_rows
     else:
         with_mass = table.filter(pc.is_valid(table["pl_bmasse"]))
         assert set(with_mass["pl_bmassprov"].to_pylist()) == {"literature (OEC)"}
@@ -46,6 +47,12 @@ def test_snapshot_publishes_normalized_planets(tmp_path, source):
         assert "pl_insol is computed" in card
         row = table.filter(pc.equal(table["pl_name"], "Kepler-82 f")).to_pylist()[0]
         assert row["hostname"] == "Kepler-82"
+        # Physically impossible hosts are quarantined with the reason, never published.
+        bad = {r["pl_name"]: r["reason"] for r in quarantined.select(["pl_name", "reason"]).to_pylist()}
+        assert "st_teff outside [250, 200000] K" in bad["TOI-3540 b"]  # OEC gives Teff = 58.65 K
+        assert "st_met outside [-5, 1.5] dex" in bad["TOI-1408 b"]  # OEC gives [Fe/H] = +7.79
+        assert "TOI-3540 b" not in table["pl_name"].to_pylist()
+        assert "st_teff outside" in card
 
 
 def test_live_tap_job_publishes_and_reruns_unchanged(root, replay, config):
@@ -55,7 +62,9 @@ def test_live_tap_job_publishes_and_reruns_unchanged(root, replay, config):
     first = store.open("nasa-exoplanets@latest")
     table = first.read_table(planets.SHARD)
     assert table.num_rows + first.manifest["quarantine"]["rows"] == NASA_FIXTURE_ROWS
-    assert "pl_bmassprov" in first.manifest["source"]["query"]
+    query = first.manifest["source"]["query"]
+    for column in ("pl_bmassprov", "tran_flag", "pl_radeerr1", "pl_radeerr2", "pl_bmasseerr1", "pl_bmasseerr2"):
+        assert column in query
     request = replay.requests[-1]
     assert request.path == "/TAP/sync" and request.query["format"] == ["csv"]
     assert "from pscomppars" in request.query["query"][0]
