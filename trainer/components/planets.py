@@ -1,15 +1,20 @@
-"""Component `planets`: predict planet mass (log10 Earth masses) from radius, orbit and host-star parameters.
+"""Component `planets`: planet mass (log10 Earth masses, with an interval) from radius, orbit and host star.
 
-Trains and scores only on measured masses: rows whose `pl_bmassprov` is not a measurement (e.g. the
-archive's "M-R relationship" fills, or unknown provenance) are excluded, and so are discovery methods whose
-masses and radii come from models (imaging, microlensing). The held-out test split compares the model with
-the Chen & Kipping (2017) mass-radius relation and a constant baseline, in dex.
+Trains and scores only on planets whose radius and mass are both measurements: the radius from a transit
+(`tran_flag` where the source has it, else a transit discovery) and the mass of measured provenance
+(`pl_bmassprov`; not M sin i alone, not a mass-radius fill). The model (trainer/models/mass_model.py) is an
+ensemble of heteroscedastic Gaussians over log10 mass that corrects the Chen & Kipping (2017, ApJ 834, 17)
+relation by a bounded amount inside the training domain and returns to it outside. The evaluation
+(trainer/components/planets_eval.py) compares it with that relation and a constant baseline on random,
+period-extrapolation and time-forward splits.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +26,8 @@ from torch.utils.data import TensorDataset
 from datajobs.errors import DataError
 from datajobs.store import Store
 from trainer.components.base import Component, ComponentData, ModelConfig, ReportSection, StepOutput
-from trainer.models.mlp import MLP
-from trainer.science.mass_radius import log_mass_from_radius
+from trainer.models.mass_model import MassModel, gaussian_nll
+from trainer.science.mass_radius import log_mass_posterior
 
 SHARD = "planets.parquet"
 # Feature name -> (column, log10 transform)
@@ -36,20 +41,33 @@ FEATURES: dict[str, tuple[str, bool]] = {
     "star_mass": ("st_mass", False),
     "star_metallicity": ("st_met", False),
 }
+# Chen & Kipping anchor tabulated on log10 R over the radii the data jobs publish (0.1-30 Earth radii).
+ANCHOR_LOG_R = (-1.0, float(np.log10(30.0)))
+ANCHOR_GRID = 500
 
 
 class PlanetsModelConfig(ModelConfig):
     hidden: int = Field(64, gt=0)
-    layers: int = Field(3, gt=0)
+    layers: int = Field(2, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
+    members: int = Field(5, gt=0, description="ensemble members (independent init and bootstrap weights)")
+    max_correction_dex: float = Field(1.0, gt=0, description="bound of the correction to Chen & Kipping [dex]")
+    neighbours: int = Field(5, gt=0, description="k of the kNN distance that gates the correction")
     features: list[str] = Field(default_factory=lambda: list(FEATURES))
     measured_mass_provenance: list[str] = Field(
         default_factory=lambda: ["Mass", "Msin(i)/sin(i)", "literature (OEC)"],
         description="pl_bmassprov values that are measurements; others (M-R relationship, Msini, unknown) are dropped",
     )
-    exclude_discovery_methods: list[str] = Field(default_factory=lambda: ["Imaging", "Microlensing"])
+    transit_methods: list[str] = Field(
+        default_factory=lambda: ["Transit"],
+        description="discovery methods whose radius is a transit measurement (used where tran_flag is null)",
+    )
     exclude_catalogue_lists: list[str] = Field(default_factory=lambda: ["Controversial", "Retracted"])
     min_rows: int = Field(100, gt=0, description="fewer usable rows than this stops the run")
+    protocol_evaluation: bool = Field(True, description="re-train and score the random-seed, period and time splits "
+                                      "in the report (false: score this run's test split only)")
+    eval_split_seeds: int = Field(5, gt=1, description="random splits re-trained in the evaluation")
+    eval_holdout_fraction: float = Field(0.2, gt=0, lt=1, description="share held out by period and by year")
 
 
 def split_of(name: str, seed: int, val: float, test: float) -> str:
@@ -58,90 +76,182 @@ def split_of(name: str, seed: int, val: float, test: float) -> str:
     return "test" if u < test else "val" if u < test + val else "train"
 
 
+@dataclass
+class Rows:
+    """The usable planets: raw feature columns, log10 mass and its measurement error (0 where unknown)."""
+
+    names: list[str]
+    raw: np.ndarray  # (N, F) features after the log transforms, NaN where missing
+    radius: np.ndarray  # Earth radii
+    log_mass: np.ndarray
+    log_mass_err: np.ndarray
+    period: np.ndarray  # days, NaN where missing
+    year: np.ndarray  # discovery year, NaN where missing
+
+    def take(self, mask: np.ndarray) -> Rows:
+        return Rows([n for n, m in zip(self.names, mask, strict=True) if m], self.raw[mask], self.radius[mask],
+                    self.log_mass[mask], self.log_mass_err[mask], self.period[mask], self.year[mask])
+
+
+@dataclass
+class Scaling:
+    """Imputation and scaling fitted on training rows; missing values -> train median plus a 0/1 indicator."""
+
+    median: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, raw: np.ndarray) -> Scaling:
+        median = np.nanmedian(raw, axis=0)
+        filled = np.where(np.isnan(raw), median, raw)
+        return cls(median, filled.mean(axis=0), filled.std(axis=0) + 1e-8)
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        """(N, 2F): the scaled features (the domain features, first) and the missing-value indicators."""
+        missing = np.isnan(raw)
+        filled = np.where(missing, self.median, raw)
+        return np.concatenate([(filled - self.mean) / self.std, missing.astype(np.float64)], axis=1)
+
+
+def knn_distance(points: np.ndarray, reference: np.ndarray, k: int, leave_one_out: bool = False) -> np.ndarray:
+    """Mean distance of each point to its k nearest reference points (skipping itself with leave_one_out)."""
+    d = np.sqrt(((points[:, None, :] - reference[None, :, :]) ** 2).sum(axis=2))
+    d = np.sort(d, axis=1)[:, 1 if leave_one_out else 0:]
+    return d[:, : min(k, d.shape[1])].mean(axis=1)
+
+
+def anchor_tables() -> tuple[torch.Tensor, torch.Tensor]:
+    """Chen & Kipping posterior median and spread of log10 M on the anchor's log-radius grid."""
+    log_r = np.linspace(*ANCHOR_LOG_R, ANCHOR_GRID)
+    mu, sigma = log_mass_posterior(10**log_r)
+    return torch.tensor(mu, dtype=torch.float32), torch.tensor(sigma, dtype=torch.float32)
+
+
+def tensors(rows: Rows, scaling: Scaling, weights: np.ndarray) -> TensorDataset:
+    """(x, log10 R, log10 M, its error, bootstrap weights per member) as float32 tensors."""
+    arrays = [scaling.transform(rows.raw), np.log10(rows.radius), rows.log_mass, rows.log_mass_err, weights]
+    return TensorDataset(*(torch.tensor(a, dtype=torch.float32) for a in arrays))
+
+
+def bootstrap_weights(n: int, members: int, seed: int) -> np.ndarray:
+    """Poisson(1) counts per row and member: each member sees its own bootstrap resample of the rows."""
+    return np.random.default_rng(seed).poisson(1.0, size=(n, members)).astype(np.float64)
+
+
+def build_mass_model(cfg: PlanetsModelConfig, scaling: Scaling, train_x: np.ndarray) -> MassModel:
+    """The ensemble, with the training rows as the domain reference for the gate."""
+    reference = train_x[:, : len(cfg.features)]
+    radius = float(np.quantile(knn_distance(reference, reference, cfg.neighbours, leave_one_out=True), 0.99))
+    mu, sigma = anchor_tables()
+    return MassModel(train_x.shape[1], cfg.hidden, cfg.layers, cfg.members, reference=torch.tensor(reference),
+                     domain_radius=radius, anchor_log_r=ANCHOR_LOG_R, anchor_mu=mu, anchor_sigma=sigma,
+                     max_correction_dex=cfg.max_correction_dex, neighbours=cfg.neighbours, dropout=cfg.dropout)
+
+
+@torch.no_grad()
+def predict_members(model: nn.Module, x: np.ndarray, log_r: np.ndarray, device: torch.device,
+                    chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Each member's mean and spread of log10 M, (N, K) each, for scaled features x."""
+    model.eval()
+    mus, sigmas = [], []
+    for i in range(0, len(x), chunk):
+        mu, sigma = model(torch.tensor(x[i:i + chunk], dtype=torch.float32, device=device),
+                          torch.tensor(log_r[i:i + chunk], dtype=torch.float32, device=device))
+        mus.append(mu.cpu().numpy())
+        sigmas.append(sigma.cpu().numpy())
+    return np.concatenate(mus).astype(np.float64), np.concatenate(sigmas).astype(np.float64)
+
+
 class PlanetsComponent(Component):
     name = "planets"
-    description = "planet mass from radius, orbit and host star (tabular MLP), vs Chen & Kipping 2017"
+    description = "planet mass with intervals from radius, orbit and host star (ensemble anchored to Chen & Kipping)"
     model_config_cls = PlanetsModelConfig
 
     # -- data ----------------------------------------------------------------------------------
-    def _select_rows(self, table: pa.Table, ref: str) -> tuple[dict[str, np.ndarray], list[str], str]:
+    def _select_rows(self, table: pa.Table, ref: str) -> tuple[Rows, str]:
         cfg: PlanetsModelConfig = self.model_cfg
         cols = {name: table.column(name).to_pylist() for name in table.column_names}
         n = table.num_rows
+        empty = [None] * n
         reasons: Counter[str] = Counter()
         keep = []
         for i in range(n):
             mass, radius = cols["pl_bmasse"][i], cols["pl_rade"][i]
             prov = cols["pl_bmassprov"][i]
+            transit = (cols.get("tran_flag") or empty)[i]
             method = cols["discoverymethod"][i]
-            lists = (cols.get("catalogue_list") or [None] * n)[i] or ""
+            lists = (cols.get("catalogue_list") or empty)[i] or ""
             if mass is None or radius is None or not (mass > 0 and radius > 0):
                 reasons["no positive mass and radius"] += 1
             elif prov is None:
                 reasons["mass provenance unknown (pl_bmassprov empty)"] += 1
             elif prov not in cfg.measured_mass_provenance:
                 reasons[f"mass provenance {prov!r} is not a measurement"] += 1
-            elif method in cfg.exclude_discovery_methods:
-                reasons[f"discovery method {method} (model-derived mass/radius)"] += 1
+            elif transit == 0:
+                reasons["radius not a transit measurement (tran_flag = 0)"] += 1
+            elif transit is None and method not in cfg.transit_methods:
+                reasons[f"radius not a transit measurement (no tran_flag; discovered by {method or 'unknown'})"] += 1
             elif any(tag in lists for tag in cfg.exclude_catalogue_lists):
                 reasons["catalogue lists it as controversial or retracted"] += 1
             else:
                 keep.append(i)
-        card = [f"Rows in `{ref}`: {n}; used: {len(keep)}.", "", "| excluded because | rows |", "|---|---|"]
+        card = [f"Rows in `{ref}`: {n}; used: {len(keep)} (measured transit radius and measured mass).", "",
+                "| excluded because (first rule that applies, in this order) | rows |", "|---|---|"]
         card += [f"| {reason} | {count} |" for reason, count in reasons.most_common()]
         if len(keep) < cfg.min_rows:
             top = reasons.most_common(1)[0][0] if reasons else "no rows"
             raise DataError(
-                f"{ref}: only {len(keep)} planets have measured masses (most excluded: {top}); publish a version "
-                f"with mass provenance (`astrobio-data run nasa-exoplanets` fetches pl_bmassprov live) or use "
-                f"data.dataset=exoplanet-catalogue (`astrobio-data run exoplanet-catalogue --from-snapshot`)"
+                f"{ref}: only {len(keep)} planets have measured masses and transit radii (most excluded: {top}); "
+                f"publish a version with mass provenance (`astrobio-data run nasa-exoplanets` fetches pl_bmassprov "
+                f"and tran_flag live) or use data.dataset=exoplanet-catalogue "
+                f"(`astrobio-data run exoplanet-catalogue --from-snapshot`)"
             )
-        arrays = {
-            col: np.array([np.nan if cols[col][i] is None else cols[col][i] for i in keep], dtype=np.float64)
-            for col in {c for c, _ in FEATURES.values()} | {"pl_bmasse"}
-        }
-        names = [cols["pl_name"][i] for i in keep]
-        return arrays, names, "\n".join(card)
+
+        def column(name: str) -> np.ndarray:
+            values = cols.get(name) or empty
+            return np.array([np.nan if values[i] is None else values[i] for i in keep], dtype=np.float64)
+
+        raw = np.stack([np.log10(column(c)) if log else column(c) for c, log in
+                        (FEATURES[f] for f in cfg.features)], axis=1)
+        mass = column("pl_bmasse")
+        # Measurement error in dex: the mean of the two one-sided errors, divided by M ln 10.
+        err = (np.abs(column("pl_bmasseerr1")) + np.abs(column("pl_bmasseerr2"))) / 2 / (mass * np.log(10))
+        with_err = int(np.isfinite(err).sum())
+        card.append(f"\nMass uncertainties known for {with_err} of {len(keep)} used planets (used in the "
+                    f"likelihood; 0 elsewhere).")
+        rows = Rows([cols["pl_name"][i] for i in keep], raw, column("pl_rade"), np.log10(mass),
+                    np.nan_to_num(err, nan=0.0), column("pl_orbper"), column("disc_year"))
+        return rows, "\n".join(card)
 
     def build_data(self, store: Store) -> ComponentData:
         cfg: PlanetsModelConfig = self.model_cfg
         unknown = [f for f in cfg.features if f not in FEATURES]
         if unknown:
             raise DataError(f"model.features: unknown feature {unknown[0]!r}; choose from {', '.join(FEATURES)}")
+        if "log_radius" not in cfg.features:
+            raise DataError("model.features must include log_radius: the model corrects a mass-radius relation")
         version = store.open(self.cfg.data.dataset)
         table = version.read_table(SHARD)
-        missing = [c for c in ("pl_name", "pl_bmasse", "pl_bmassprov", "discoverymethod",
+        missing = [c for c in ("pl_name", "pl_bmasse", "pl_bmassprov", "discoverymethod", "pl_orbper", "disc_year",
                                *(FEATURES[f][0] for f in cfg.features)) if c not in table.column_names]
         if missing:
             raise DataError(f"{version.ref}/{SHARD} lacks column {missing[0]!r}; re-create it with "
                             f"`{version.fix_command}`")
-        arrays, names, card = self._select_rows(table, version.ref)
-        raw = np.stack([np.log10(arrays[c]) if log else arrays[c] for c, log in
-                        (FEATURES[f] for f in cfg.features)], axis=1)
-        target = np.log10(arrays["pl_bmasse"])
+        rows, card = self._select_rows(table, version.ref)
         split = np.array([split_of(nm, self.cfg.data.split_seed, self.cfg.data.val_fraction,
-                                   self.cfg.data.test_fraction) for nm in names])
-        train = split == "train"
-        # Imputation and scaling from the training split only; a missing value becomes the train median
-        # plus a 0/1 indicator column, so the model knows it was absent.
-        median = np.nanmedian(raw[train], axis=0)
-        missing_mask = np.isnan(raw)
-        filled = np.where(missing_mask, median, raw)
-        mean, std = filled[train].mean(axis=0), filled[train].std(axis=0) + 1e-8
-        x = np.concatenate([(filled - mean) / std, missing_mask.astype(np.float64)], axis=1)
-        self.target_mean, self.target_std = float(target[train].mean()), float(target[train].std())
-        y = (target - self.target_mean) / self.target_std
-        self.in_features = x.shape[1]
-        self._held_out = {
-            "names": [nm for nm, s in zip(names, split, strict=True) if s == "test"],
-            "radius": arrays["pl_rade"][split == "test"],
-            "target": target[split == "test"],
-        }
+                                   self.cfg.data.test_fraction) for nm in rows.names])
+        self.rows = rows
+        self.split = split
+        self.scaling = Scaling.fit(rows.raw[split == "train"])
+        self.train_x = self.scaling.transform(rows.raw[split == "train"])
+        self.held_out = rows.take(split == "test")
+        weights = bootstrap_weights(int((split == "train").sum()), cfg.members, self.cfg.train.seed)
 
         def subset(which: str) -> TensorDataset:
             mask = split == which
-            return TensorDataset(torch.tensor(x[mask], dtype=torch.float32),
-                                 torch.tensor(y[mask], dtype=torch.float32).unsqueeze(1))
+            w = weights if which == "train" else np.ones((int(mask.sum()), cfg.members))
+            return tensors(rows.take(mask), self.scaling, w)
 
         counts = Counter(split.tolist())
         card += (f"\n\nSplit by planet name (seed {self.cfg.data.split_seed}): train {counts['train']}, "
@@ -152,37 +262,19 @@ class PlanetsComponent(Component):
 
     # -- model and loss ------------------------------------------------------------------------
     def build_model(self, data: ComponentData) -> nn.Module:
-        cfg: PlanetsModelConfig = self.model_cfg
-        return MLP(self.in_features, 1, cfg.hidden, cfg.layers, cfg.dropout)
+        return build_mass_model(self.model_cfg, self.scaling, self.train_x)
 
     def training_step(self, model: nn.Module, batch) -> StepOutput:
-        x, y = batch
-        pred = model(x).float()
-        return StepOutput(loss=nn.functional.mse_loss(pred, y), samples=x.shape[0])
+        x, log_r, y, y_err, weights = batch
+        mu, sigma = model(x, log_r)
+        return StepOutput(loss=gaussian_nll(mu, sigma, y, y_err, weights), samples=x.shape[0])
 
     def flops_per_sample(self, model: nn.Module) -> float:
         return 6.0 * sum(p.numel() for p in model.parameters())
 
     # -- report --------------------------------------------------------------------------------
-    @torch.no_grad()
     def report(self, model: nn.Module, data: ComponentData, device: torch.device) -> list[ReportSection]:
-        model.eval()
-        x, _ = data.test.tensors
-        pred = model(x.to(device)).float().cpu().numpy()[:, 0] * self.target_std + self.target_mean
-        truth = self._held_out["target"]
-        chen = log_mass_from_radius(self._held_out["radius"])
-        const = np.full_like(truth, self.target_mean)
-        small = self._held_out["radius"] < 4.0
+        from trainer.components.planets_eval import evaluate
 
-        def rmse(p: np.ndarray, mask: np.ndarray | None = None) -> float:
-            m = np.ones_like(truth, dtype=bool) if mask is None else mask
-            return float(np.sqrt(np.mean((p[m] - truth[m]) ** 2))) if m.any() else float("nan")
-
-        rows = [("this model (MLP)", pred), ("Chen & Kipping 2017 (radius only)", chen),
-                ("constant (train mean)", const)]
-        lines = ["| predictor | RMSE all [dex] | RMSE R < 4 R⊕ [dex] | RMSE R ≥ 4 R⊕ [dex] |", "|---|---|---|---|"]
-        for label, p in rows:
-            lines.append(f"| {label} | {rmse(p):.3f} | {rmse(p, small):.3f} | {rmse(p, ~small):.3f} |")
-        lines.append(f"\nHeld-out planets: {len(truth)} ({int(small.sum())} with R < 4 R⊕).")
-        metrics = {"test_rmse_dex": rmse(pred), "chen_kipping_rmse_dex": rmse(chen), "constant_rmse_dex": rmse(const)}
-        return [ReportSection("Held-out evaluation (log10 mass, Earth masses)", "\n".join(lines), metrics)]
+        run_dir = Path(self.cfg.logging.run_dir) / self.cfg.run_name
+        return evaluate(self, model, device, run_dir, protocol=self.model_cfg.protocol_evaluation)
