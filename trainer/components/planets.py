@@ -52,7 +52,11 @@ class PlanetsModelConfig(ModelConfig):
     dropout: float = Field(0.0, ge=0, lt=1)
     members: int = Field(5, gt=0, description="ensemble members (independent init and bootstrap weights)")
     max_correction_dex: float = Field(1.0, gt=0, description="bound of the correction to Chen & Kipping [dex]")
+    max_log_sigma_factor: float = Field(1.0, gt=0, description="the scatter may be C&K's times e^[-S, S]")
     neighbours: int = Field(5, gt=0, description="k of the kNN distance that gates the correction")
+    domain_quantile: float = Field(0.95, gt=0, lt=1, description="training kNN-distance quantile where the gate "
+                                   "starts to close")
+    gate_width: float = Field(0.5, gt=0, description="gate falls by e^-1 this fraction of the radius beyond it")
     features: list[str] = Field(default_factory=lambda: list(FEATURES))
     measured_mass_provenance: list[str] = Field(
         default_factory=lambda: ["Mass", "Msin(i)/sin(i)", "literature (OEC)"],
@@ -142,11 +146,13 @@ def bootstrap_weights(n: int, members: int, seed: int) -> np.ndarray:
 def build_mass_model(cfg: PlanetsModelConfig, scaling: Scaling, train_x: np.ndarray) -> MassModel:
     """The ensemble, with the training rows as the domain reference for the gate."""
     reference = train_x[:, : len(cfg.features)]
-    radius = float(np.quantile(knn_distance(reference, reference, cfg.neighbours, leave_one_out=True), 0.99))
+    distances = knn_distance(reference, reference, cfg.neighbours, leave_one_out=True)
+    radius = float(np.quantile(distances, cfg.domain_quantile))
     mu, sigma = anchor_tables()
     return MassModel(train_x.shape[1], cfg.hidden, cfg.layers, cfg.members, reference=torch.tensor(reference),
                      domain_radius=radius, anchor_log_r=ANCHOR_LOG_R, anchor_mu=mu, anchor_sigma=sigma,
-                     max_correction_dex=cfg.max_correction_dex, neighbours=cfg.neighbours, dropout=cfg.dropout)
+                     max_correction_dex=cfg.max_correction_dex, neighbours=cfg.neighbours, dropout=cfg.dropout,
+                     gate_width=cfg.gate_width, max_log_sigma_factor=cfg.max_log_sigma_factor)
 
 
 @torch.no_grad()

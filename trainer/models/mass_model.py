@@ -31,21 +31,23 @@ class BatchedLinear(nn.Module):
 class MassModel(nn.Module):
     """log10 M ~ N(mu_k, sigma_k^2) for each of K ensemble members, per planet.
 
-    mu_k = clamp(CK(R) + g * B * tanh(a_k(x)), density bounds) and sigma_k = s_CK(R) * exp(g * 2 tanh(b_k(x))),
+    mu_k = clamp(CK(R) + g * B * tanh(a_k(x)), density bounds) and sigma_k = s_CK(R) * exp(g * S tanh(b_k(x))),
     where CK and s_CK are the Chen & Kipping (2017) posterior median and spread of log10 M at radius R
-    (tabulated on a log-radius grid), B bounds the correction in dex and g in [0, 1] is a domain gate: 1 while
-    the k-nearest-neighbour distance of x to the training points stays within its training 99th percentile,
-    falling smoothly to 0 beyond it. Far from the training data the prediction is therefore the published
-    relation with its own scatter; near it the network may correct it by at most B dex.
+    (tabulated on a log-radius grid), B bounds the correction in dex, S the log-factor on the scatter, and g in
+    [0, 1] is a domain gate: 1 while the mean distance d of x to its k nearest training points stays within r
+    (a high percentile of the training points' own leave-one-out distances), then exp(-((d - r) / (w r))^2).
+    Far from the training data the prediction is therefore the published relation with its own scatter; near it
+    the network may correct it by at most B dex.
     """
 
     def __init__(self, in_features: int, hidden: int, layers: int, members: int, *, reference: torch.Tensor,
                  domain_radius: float, anchor_log_r: tuple[float, float], anchor_mu: torch.Tensor,
                  anchor_sigma: torch.Tensor, max_correction_dex: float = 1.0, neighbours: int = 5,
-                 density_range: tuple[float, float] = (0.05, 30.0), dropout: float = 0.0) -> None:
+                 density_range: tuple[float, float] = (0.05, 30.0), dropout: float = 0.0,
+                 gate_width: float = 0.5, max_log_sigma_factor: float = 1.0) -> None:
         super().__init__()
         self.members, self.max_correction, self.neighbours = members, max_correction_dex, neighbours
-        self.dropout = dropout
+        self.dropout, self.gate_width, self.max_log_sigma_factor = dropout, gate_width, max_log_sigma_factor
         self.anchor_lo, self.anchor_hi = anchor_log_r
         margin = 1e-3  # dex inside the range, so that float32 rounding never leaves it
         self.log_density_lo = math.log10(density_range[0] / EARTH_DENSITY) + margin
@@ -73,11 +75,11 @@ class MassModel(nn.Module):
         return mu, sigma
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """1 inside the training domain, -> 0 as the kNN distance grows past the training 99th percentile."""
+        """1 inside the training domain, -> 0 as the kNN distance grows past the domain radius."""
         dom = x[:, : self.reference.shape[1]]
         k = min(self.neighbours, self.reference.shape[0])
         d = torch.cdist(dom, self.reference).topk(k, dim=1, largest=False).values.mean(dim=1)
-        excess = F.relu(d - self.domain_radius) / self.domain_radius
+        excess = F.relu(d - self.domain_radius) / (self.gate_width * self.domain_radius)
         return torch.exp(-(excess**2))
 
     def forward(self, x: torch.Tensor, log_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +98,7 @@ class MassModel(nn.Module):
             lo = (self.log_density_lo + 3 * log_r).unsqueeze(1)
             hi = (self.log_density_hi + 3 * log_r).unsqueeze(1)
             mu = torch.maximum(torch.minimum(mu, hi), lo)
-            sigma = ck_sigma.unsqueeze(1) * torch.exp(g * 2.0 * torch.tanh(b))
+            sigma = ck_sigma.unsqueeze(1) * torch.exp(g * self.max_log_sigma_factor * torch.tanh(b))
         return mu, sigma
 
 
