@@ -15,6 +15,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,8 +26,16 @@ from torch.utils.data import TensorDataset
 
 from datajobs.errors import DataError
 from datajobs.store import Store
-from trainer.components.base import Component, ComponentData, ModelConfig, ReportSection, StepOutput
-from trainer.models.mass_model import MassModel, gaussian_nll
+from trainer.components.base import (
+    Component,
+    ComponentData,
+    ComponentState,
+    InputField,
+    ModelConfig,
+    ReportSection,
+    StepOutput,
+)
+from trainer.models.mass_model import MassModel, gaussian_nll, mixture_quantiles
 from trainer.science.mass_radius import log_mass_posterior
 
 SHARD = "planets.parquet"
@@ -91,10 +100,12 @@ class Rows:
     log_mass_err: np.ndarray
     period: np.ndarray  # days, NaN where missing
     year: np.ndarray  # discovery year, NaN where missing
+    inputs: dict[str, np.ndarray]  # the input columns as published (NaN where missing)
 
     def take(self, mask: np.ndarray) -> Rows:
         return Rows([n for n, m in zip(self.names, mask, strict=True) if m], self.raw[mask], self.radius[mask],
-                    self.log_mass[mask], self.log_mass_err[mask], self.period[mask], self.year[mask])
+                    self.log_mass[mask], self.log_mass_err[mask], self.period[mask], self.year[mask],
+                    {c: v[mask] for c, v in self.inputs.items()})
 
 
 @dataclass
@@ -218,8 +229,8 @@ class PlanetsComponent(Component):
             values = cols.get(name) or empty
             return np.array([np.nan if values[i] is None else values[i] for i in keep], dtype=np.float64)
 
-        raw = np.stack([np.log10(column(c)) if log else column(c) for c, log in
-                        (FEATURES[f] for f in cfg.features)], axis=1)
+        inputs = {c: column(c) for c in self._input_columns()}
+        raw = self._raw_features(inputs)
         mass = column("pl_bmasse")
         # Measurement error in dex: the mean of the two one-sided errors, divided by M ln 10.
         err = (np.abs(column("pl_bmasseerr1")) + np.abs(column("pl_bmasseerr2"))) / 2 / (mass * np.log(10))
@@ -227,7 +238,7 @@ class PlanetsComponent(Component):
         card.append(f"\nMass uncertainties known for {with_err} of {len(keep)} used planets (used in the "
                     f"likelihood; 0 elsewhere).")
         rows = Rows([cols["pl_name"][i] for i in keep], raw, column("pl_rade"), np.log10(mass),
-                    np.nan_to_num(err, nan=0.0), column("pl_orbper"), column("disc_year"))
+                    np.nan_to_num(err, nan=0.0), column("pl_orbper"), column("disc_year"), inputs)
         return rows, "\n".join(card)
 
     def build_data(self, store: Store) -> ComponentData:
@@ -249,8 +260,8 @@ class PlanetsComponent(Component):
                                    self.cfg.data.test_fraction) for nm in rows.names])
         self.rows = rows
         self.split = split
-        self.scaling = Scaling.fit(rows.raw[split == "train"])
-        self.train_x = self.scaling.transform(rows.raw[split == "train"])
+        if not self.frozen:  # a loaded bundle keeps its training statistics (evaluate on another version)
+            self._set_training(rows.take(split == "train").inputs)
         self.held_out = rows.take(split == "test")
         weights = bootstrap_weights(int((split == "train").sum()), cfg.members, self.cfg.train.seed)
 
@@ -266,8 +277,79 @@ class PlanetsComponent(Component):
         return ComponentData(train=subset("train"), val=subset("val"), test=subset("test"),
                              lineage={self.cfg.data.dataset: version.ref}, card=card)
 
+    # -- bundle contract: state, input schema, predict, training domain --------------------------
+    INPUTS: ClassVar[dict[str, tuple[str, float | None, float | None, str]]] = {
+        # column -> (unit, physical minimum (exclusive), maximum, description)
+        "pl_rade": ("Earth radii", 0.0, 30.0, "planet radius (the data jobs quarantine radii above 30)"),
+        "pl_orbper": ("days", 0.0, None, "orbital period"),
+        "pl_insol": ("Earth insolation", 0.0, None, "insolation flux"),
+        "pl_orbsmax": ("au", 0.0, None, "orbit semi-major axis"),
+        "st_teff": ("K", 0.0, None, "stellar effective temperature"),
+        "st_rad": ("solar radii", 0.0, None, "stellar radius"),
+        "st_mass": ("solar masses", 0.0, None, "stellar mass"),
+        "st_met": ("dex", None, None, "stellar metallicity [Fe/H]"),
+    }
+    OUTPUTS = ("pl_bmasse_pred", "pl_bmasse_lo68", "pl_bmasse_hi68", "pl_bmasse_lo95", "pl_bmasse_hi95")
+    QUANTILES = (0.5, 0.16, 0.84, 0.025, 0.975)  # in OUTPUTS order
+
+    def _input_columns(self) -> list[str]:
+        return [FEATURES[f][0] for f in self.model_cfg.features]
+
+    def _raw_features(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.stack([np.log10(inputs[c]) if log else inputs[c] for c, log in
+                             (FEATURES[f] for f in self.model_cfg.features)], axis=1)
+
+    def _set_training(self, inputs: dict[str, np.ndarray]) -> None:
+        """Scaling and the domain reference from the training rows' inputs."""
+        raw = self._raw_features(inputs)
+        self.scaling = Scaling.fit(raw)
+        self.train_x = self.scaling.transform(raw)
+        self._train_inputs = inputs
+
+    def _table_inputs(self, table: pa.Table) -> dict[str, np.ndarray]:
+        n = table.num_rows
+        return {c: (table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) if c in table.column_names
+                    else np.full(n, np.nan)) for c in self._input_columns()}
+
+    def state(self) -> ComponentState:
+        meta = {"features": list(self.model_cfg.features), "median": self.scaling.median.tolist(),
+                "mean": self.scaling.mean.tolist(), "std": self.scaling.std.tolist(),
+                "target": "log10 pl_bmasse [Earth masses]; anchor: Chen & Kipping (2017, ApJ 834, 17)"}
+        return ComponentState(meta, {f"train_{c}": v for c, v in self._train_inputs.items()})
+
+    def load_state(self, state: ComponentState) -> None:
+        meta = state.meta
+        if meta["features"] != list(self.model_cfg.features):
+            raise DataError(f"bundle state has features {meta['features']}, its config {self.model_cfg.features}")
+        self._train_inputs = {c: np.asarray(state.arrays[f"train_{c}"], dtype=np.float64)
+                              for c in self._input_columns()}
+        self.scaling = Scaling(*(np.array(meta[k], dtype=np.float64) for k in ("median", "mean", "std")))
+        self.train_x = self.scaling.transform(self._raw_features(self._train_inputs))
+        self.frozen = True
+
+    def input_schema(self) -> list[InputField]:
+        return [InputField(c, unit, "float", required=c == "pl_rade", minimum=low, maximum=high,
+                           exclusive_minimum=low is not None, description=text)
+                for c in self._input_columns() for unit, low, high, text in [self.INPUTS[c]]]
+
+    def training_inputs(self) -> pa.Table:
+        return pa.table({c: pa.array(v, type=pa.float64(), from_pandas=True) for c, v in self._train_inputs.items()})
+
+    def domain_features(self, inputs: pa.Table) -> np.ndarray:
+        """The scaled, median-filled features: the same space as the model's own domain gate."""
+        return self.scaling.transform(self._raw_features(self._table_inputs(inputs)))[:, : len(self.model_cfg.features)]
+
+    def predict(self, model: nn.Module, inputs: pa.Table, device: torch.device) -> pa.Table:
+        """Median and 68%/95% central intervals of the predictive mixture (ensemble spread included)."""
+        values = self._table_inputs(inputs)
+        mu, sigma = predict_members(model, self.scaling.transform(self._raw_features(values)),
+                                    np.log10(values["pl_rade"]), device)
+        q = mixture_quantiles(torch.tensor(mu), torch.tensor(sigma), list(self.QUANTILES)).numpy()
+        return pa.table({name: pa.array(10.0 ** q[:, i], type=pa.float64()) for i, name in enumerate(self.OUTPUTS)})
+
     # -- model and loss ------------------------------------------------------------------------
-    def build_model(self, data: ComponentData) -> nn.Module:
+    def build_model(self, data: ComponentData | None) -> nn.Module:
         return build_mass_model(self.model_cfg, self.scaling, self.train_x)
 
     def training_step(self, model: nn.Module, batch) -> StepOutput:
@@ -282,5 +364,6 @@ class PlanetsComponent(Component):
     def report(self, model: nn.Module, data: ComponentData, device: torch.device) -> list[ReportSection]:
         from trainer.components.planets_eval import evaluate
 
-        run_dir = Path(self.cfg.logging.run_dir) / self.cfg.run_name
+        # Figures go into the training run's folder; `evaluate` of a loaded bundle (frozen) must not overwrite them.
+        run_dir = None if self.frozen else Path(self.cfg.logging.run_dir) / self.cfg.run_name
         return evaluate(self, model, device, run_dir, protocol=self.model_cfg.protocol_evaluation)

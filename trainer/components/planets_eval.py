@@ -140,7 +140,7 @@ def cutoff_year(years: np.ndarray, fraction: float) -> int:
 
 
 def evaluate(component: PlanetsComponent, model: torch.nn.Module, device: torch.device,
-             run_dir: Path, protocol: bool = True) -> list[ReportSection]:
+             run_dir: Path | None, protocol: bool = True) -> list[ReportSection]:
     """All splits, baselines, per-regime rows, coverage, goals and figures (calibration.png, residuals.png)."""
     from trainer.components.planets import split_of
 
@@ -226,8 +226,11 @@ def evaluate(component: PlanetsComponent, model: torch.nn.Module, device: torch.
     lines += ["", "Goals (issue 9):", "", "| goal | measured | met |", "|---|---|---|"]
     lines += [f"| {g} | {v} | {'yes' if ok else 'NO'} |" for g, v, ok in goals]
 
-    figures = [f for f in (_calibration_png(run_dir, pooled, period, time), _residuals_png(run_dir, pooled)) if f]
-    lines += ["", *(f"![{name}]({name})" for name in figures)]
+    if run_dir is None:
+        lines += ["", "Figures (calibration.png, residuals.png) are written with the training report only."]
+    else:
+        figures = [_calibration_png(run_dir, pooled, period, time), _residuals_png(run_dir, pooled)]
+        lines += ["", *(f"![{name}]({name})" for name in figures)]
     lines += ["", "Baselines: Chen & Kipping (2017, ApJ 834, 17), Table 1 mean hyper-parameters, posterior median "
               "and 16-84% half-width of log10 M at the planet's radius; constant = training mean and standard "
               "deviation of log10 M. Data: see 'Data used' (NASA Exoplanet Archive / Open Exoplanet Catalogue). "
@@ -253,15 +256,14 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def _calibration_png(run_dir: Path, pooled: Scored, period: Scored, time: Scored) -> str | None:
+def _calibration_png(run_dir: Path, pooled: Scored, period: Scored, time: Scored) -> str:
     """Observed vs nominal central-interval coverage."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not run_dir.is_dir():
-        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
     levels = np.linspace(0.05, 0.95, 19)
     fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
     ax.plot([0, 1], [0, 1], "k:", linewidth=1, label="ideal")
@@ -280,15 +282,14 @@ def _calibration_png(run_dir: Path, pooled: Scored, period: Scored, time: Scored
     return name
 
 
-def _residuals_png(run_dir: Path, pooled: Scored) -> str | None:
+def _residuals_png(run_dir: Path, pooled: Scored) -> str:
     """Observed minus predicted log10 mass against radius, model and Chen & Kipping."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not run_dir.is_dir():
-        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for label, which, marker in (("Chen & Kipping 2017", "chen_kipping", "x"), ("model", "model", "o")):
         ax.scatter(pooled.radius, pooled.truth - pooled.median(which), s=8, marker=marker, alpha=0.5, label=label)
