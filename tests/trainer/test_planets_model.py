@@ -6,16 +6,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from datajobs.store import Store
 from tests.conftest import planets_args, run_cli
-from trainer import components
-from trainer.components.planets import FEATURES, predict_members
-from trainer.config import load_config
-from trainer.models.mass_model import mixture_quantiles
+from trainer.bundle import load_bundle
 from trainer.science.mass_radius import log_mass_from_radius
 
 pytestmark = pytest.mark.slow  # one full `make train`-sized run (ensemble + 7 re-trained splits) shared by all
@@ -82,26 +79,36 @@ def test_card_lists_every_exclusion_with_its_count(trained) -> None:
     assert "no positive mass and radius" in excluded
 
 
-def test_planet_far_from_the_data_returns_to_the_mass_radius_relation(trained, data_root: Path) -> None:
-    run = trained[0]
-    cfg = load_config(run / "config.yaml")
-    component = components.get("planets")(cfg)
-    component.build_data(Store(str(data_root)))
-    model = component.build_model(None)
-    model.load_state_dict(load_file(run / "best" / "model.safetensors"))
+def test_planet_far_from_the_data_returns_to_the_relation_and_is_flagged(trained, data_root: Path) -> None:
+    bundle = load_bundle(trained[0])
     # 0.3 Earth radii on a 1,000-day orbit around a Sun-like star: no training planet is anywhere near.
     a = (1000 / 365.25) ** (2 / 3)
-    values = {"pl_rade": 0.3, "pl_orbper": 1000.0, "pl_insol": 1 / a**2, "pl_orbsmax": a, "st_teff": 5772.0,
-              "st_rad": 1.0, "st_mass": 1.0, "st_met": 0.0}
-    raw = np.array([[np.log10(values[c]) if log else values[c] for c, log in (FEATURES[f] for f in
-                                                                             component.model_cfg.features)]])
-    x = component.scaling.transform(raw)
-    assert float(model.gate(torch.tensor(x, dtype=torch.float32))) < 0.01
-    mu, sigma = predict_members(model, x, np.log10([0.3]), torch.device("cpu"))
-    median = float(mixture_quantiles(torch.tensor(mu), torch.tensor(sigma), [0.5])[0, 0])
-    assert abs(median - float(log_mass_from_radius(np.array([0.3]))[0])) < 0.02
-    density = 10**median / 0.3**3 * 5.514
-    assert 0.05 <= density <= 30
-    # Inside the domain the correction is live: the held-out planets are gated on, mostly.
-    held = component.scaling.transform(component.held_out.raw)
-    assert float((model.gate(torch.tensor(held, dtype=torch.float32)) > 0.5).float().mean()) > 0.9
+    far = {"pl_rade": 0.3, "pl_orbper": 1000.0, "pl_insol": 1 / a**2, "pl_orbsmax": a, "st_teff": 5772.0,
+           "st_rad": 1.0, "st_mass": 1.0, "st_met": 0.0}
+    out = bundle.predict(pa.table({k: [v] for k, v in far.items()})).to_pylist()[0]
+    assert out["in_training_domain"] is False, out
+    chen = 10 ** float(log_mass_from_radius(np.array([0.3]))[0])
+    assert abs(np.log10(out["pl_bmasse_pred"] / chen)) < 0.02, out
+    assert out["pl_bmasse_lo95"] < out["pl_bmasse_lo68"] < out["pl_bmasse_pred"] < out["pl_bmasse_hi68"] \
+        < out["pl_bmasse_hi95"]
+    assert 0.05 <= out["pl_bmasse_pred"] / 0.3**3 * 5.514 <= 30
+    # The network's correction is gated off there, and on for held-out planets.
+    component, model = bundle.component, bundle.model
+    x = torch.tensor(component.domain_features(pa.table({k: [v] for k, v in far.items()})), dtype=torch.float32)
+    assert float(model.gate(x)) < 0.01
+    component.build_data(Store(str(data_root)))  # frozen: the bundle's statistics are kept
+    held = torch.tensor(component.domain_features(pa.table(component.held_out.inputs)), dtype=torch.float32)
+    assert float((model.gate(held) > 0.5).float().mean()) > 0.9
+
+
+def test_bundle_predictions_reproduce_the_reported_test_rmse(trained, data_root: Path) -> None:
+    run, _, m = trained
+    bundle = load_bundle(run)
+    bundle.component.build_data(Store(str(data_root)))
+    held = bundle.component.held_out
+    out = bundle.predict(pa.table(held.inputs))
+    rmse = float(np.sqrt(np.mean((np.log10(out["pl_bmasse_pred"].to_numpy()) - held.log_mass) ** 2)))
+    assert abs(rmse - m["test_rmse_dex"]) < 1e-3
+    mass = 10**held.log_mass
+    inside68 = (out["pl_bmasse_lo68"].to_numpy() <= mass) & (mass <= out["pl_bmasse_hi68"].to_numpy())
+    assert abs(inside68.mean() - m["test_coverage68"]) < 1e-4  # the report rounds to 4 decimals

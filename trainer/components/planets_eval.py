@@ -172,7 +172,8 @@ def evaluate(component: PlanetsComponent, model: torch.nn.Module, device: torch.
 
     main_m = row(f"this run's model, random split seed {run.data.split_seed} (trained by the loop)", main)
     metrics = {"test_rmse_dex": main_m["model"]["rmse"], "chen_kipping_rmse_dex": main_m["chen_kipping"]["rmse"],
-               "constant_rmse_dex": main_m["constant"]["rmse"], "test_nll": main_m["model"]["nll"]}
+               "constant_rmse_dex": main_m["constant"]["rmse"], "test_nll": main_m["model"]["nll"],
+               "test_coverage68": main_m["model"]["cov68"], "test_coverage95": main_m["model"]["cov95"]}
     title = "Held-out evaluation (log10 mass, Earth masses)"
     if not protocol:
         lines.append("\nRe-trained splits not run (model.protocol_evaluation=false).")
