@@ -126,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.generate import add_generate_parser
     from trainer.lora import add_export_parser
     from trainer.planner import add_plan_parser
+    from trainer.tune import add_tune_parser
 
-    for add in (add_plan_parser, add_generate_parser, add_export_parser):
+    for add in (add_plan_parser, add_generate_parser, add_export_parser, add_tune_parser):
         add(sub)
     return parser
 
