@@ -27,7 +27,7 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed  ## create .venv with the whole stack (CPU torch first)
 
-tools:  ## install what the tests talk to: helm, promtool/prometheus, pushgateway, Ceph RGW (S3)
+tools:  ## install what the tests talk to: helm, promtool/prometheus, pushgateway, Ceph RGW (S3), PostgreSQL
 	bash tests/tools/install-all.sh $(CURDIR)/.tools
 
 train: venv  ## import the bundled real snapshots and train the planets model on CPU

@@ -28,6 +28,7 @@ KINDS = ("log_uniform", "uniform", "int", "choice")
 PRUNERS = ("median", "hyperband", "none")
 TRIAL_FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops (a broken config, not bad luck)
 PR_SET_PDEATHSIG = 1
+STORAGE_ATTEMPTS = 5
 
 
 @dataclass
@@ -266,12 +267,17 @@ class Tuner:
         kwargs: dict[str, Any] = {}
         if self.storage_url.startswith("sqlite"):
             kwargs = {"connect_args": {"timeout": 120}}  # several workers wait for SQLite's write lock
-        try:
-            storage = optuna.storages.RDBStorage(self.storage_url, engine_kwargs=kwargs, heartbeat_interval=hb,
-                                                 grace_period=3 * hb)
-        except Exception as exc:  # sqlalchemy raises its own hierarchy; one line names the URL
-            raise ConfigError(f"--storage {_redact(self.storage_url)}: cannot open ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0]})") from None
+        for attempt in range(STORAGE_ATTEMPTS):
+            try:
+                storage = optuna.storages.RDBStorage(self.storage_url, engine_kwargs=kwargs,
+                                                     heartbeat_interval=hb, grace_period=3 * hb)
+                break
+            except Exception as exc:  # sqlalchemy raises its own hierarchy; one line names the URL
+                # Workers starting together on an empty database race to create the tables: try again.
+                if attempt + 1 == STORAGE_ATTEMPTS or "IntegrityError" not in type(exc).__name__:
+                    raise ConfigError(f"--storage {_redact(self.storage_url)}: cannot open ({type(exc).__name__}"
+                                      f": {str(exc).splitlines()[0]})") from None
+                time.sleep(0.5 * (attempt + 1))
         space = self.space
         sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=max(space.startup_trials, 1))
         return optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
