@@ -29,6 +29,7 @@ PRUNERS = ("median", "hyperband", "none")
 TRIAL_FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops (a broken config, not bad luck)
 PR_SET_PDEATHSIG = 1
 STORAGE_ATTEMPTS = 5
+STORAGE_ENV = "ASTROBIO_TUNE_STORAGE"  # the URL from a Secret, kept out of the command line
 
 
 @dataclass
@@ -94,6 +95,8 @@ def _parse_param(path: Path, key: str, spec: Any) -> Param:
         if any(isinstance(v, dict | list) for v in value):
             raise _bad(path, where, "choice values must be scalars (numbers, strings, booleans, null)")
         return Param(key, kind, choices=value, when=when)
+    if isinstance(value, list):  # YAML 1.1 (PyYAML) reads 1e-06 as a string; Helm and YAML 1.2 write it so
+        value = [_number(v) for v in value]
     if (not isinstance(value, list) or len(value) != 2
             or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
         raise _bad(path, where, f"{kind} needs [low, high] numbers, got {value!r}")
@@ -110,6 +113,16 @@ def _parse_param(path: Path, key: str, spec: Any) -> Param:
         if use_log and low < 1:
             raise _bad(path, where, "int with log: true needs low >= 1")
     return Param(key, kind, low=low, high=high, step=step, log=use_log or kind == "log_uniform", when=when)
+
+
+def _number(value: Any) -> Any:
+    """A numeric string such as '1e-06' as a float; anything else unchanged."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def load_space(path: str | Path, base: dict[str, Any]) -> Space:
@@ -253,7 +266,8 @@ class Tuner:
         self.study_name = args.study or f"{cfg.run_name}-tune"
         self.dir = Path(cfg.logging.run_dir) / self.study_name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.storage_url = args.storage or f"sqlite:///{(self.dir / 'optuna.db').resolve()}"
+        self.storage_url = (args.storage or os.environ.get(STORAGE_ENV)
+                            or f"sqlite:///{(self.dir / 'optuna.db').resolve()}")
         self.eval_every, self.max_steps = cfg.train.eval_every, cfg.train.max_steps
         self.base_run_dir = cfg.logging.run_dir
         self._proc: subprocess.Popen | None = None
@@ -370,8 +384,8 @@ class Tuner:
         logging_section = raw.setdefault("logging", {})
         logging_section["run_dir"] = run_dir
         logging_section["run_name"] = run_name
-        if not keep_port:
-            logging_section["metrics_port"] = 0  # parallel trials on one host would fight over the port
+        if not keep_port:  # parallel trials on one host would fight over one port: off unless asked for
+            logging_section["metrics_port"] = self.args.metrics_port or 0
         return raw
 
     def run_trial(self, trial: Any) -> TrialOutcome:
@@ -562,7 +576,10 @@ def add_tune_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--space", required=True, help="search space YAML (see configs/planets-space.yaml)")
     p.add_argument("--trials", type=int, required=True, help="finished trials the study should have")
     p.add_argument("--storage", default=None,
-                   help="Optuna RDB URL (postgresql://..., sqlite:///...); default SQLite in the study folder")
+                   help=f"Optuna RDB URL (postgresql://..., sqlite:///...); default ${STORAGE_ENV}, else SQLite in the "
+                   "study folder")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus port of each trial run (default off: workers may share a host)")
     p.add_argument("--study", default=None, help="study name (default: <run_name>-tune)")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="pruning on intermediate evaluations")
     p.add_argument("--params", action="append", default=[], metavar="KEY=VALUE",
