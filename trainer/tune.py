@@ -293,7 +293,7 @@ class Tuner:
                                       f": {str(exc).splitlines()[0]})") from None
                 time.sleep(0.5 * (attempt + 1))
         space = self.space
-        sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=max(space.startup_trials, 1))
+        sampler = optuna.samplers.TPESampler(seed=space.seed)
         return optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
                                    pruner=self.pruner(), direction=space.direction, load_if_exists=True)
 

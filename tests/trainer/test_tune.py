@@ -66,16 +66,16 @@ def test_bad_space_is_one_line_naming_the_key(data_root: Path, tmp_path: Path) -
 @pytest.mark.slow
 def test_two_workers_share_one_study_on_postgres(data_root: Path, tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
     space, runs = space_file(tmp_path), tmp_path / "runs"
-    args = tune_args(data_root, runs, space, 4, "--storage", postgres_url, "--study", "shared", "--pruner", "none",
+    args = tune_args(data_root, runs, space, 3, "--storage", postgres_url, "--study", "shared", "--pruner", "none",
                      "--heartbeat", "2")
     workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
                for _ in range(2)]
-    outputs = [w.communicate(timeout=400) for w in workers]
+    outputs = [w.communicate(timeout=900) for w in workers]
     for worker, (_, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, err[-3000:]
     study = optuna.load_study(study_name="shared", storage=postgres_url)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 4
+    assert len(complete) == 3
     claimed = [set(map(int, re.findall(r"^trial (\d+) complete", out, re.M))) for out, _ in outputs]
     assert not claimed[0] & claimed[1], claimed  # no trial ran in both workers
     assert claimed[0] | claimed[1] == {t.number for t in complete}
@@ -104,23 +104,23 @@ def test_sigkilled_worker_fails_its_trial_and_a_rerun_completes(data_root: Path,
                                                                 postgres_url: str) -> None:  # noqa: F811
     space, runs = space_file(tmp_path), tmp_path / "runs"
     sets = [*TINY, "train.max_steps=400", "train.eval_every=20"]
-    args = tune_args(data_root, runs, space, 2, "--storage", postgres_url, "--study", "killed", "--pruner", "none",
+    args = tune_args(data_root, runs, space, 1, "--storage", postgres_url, "--study", "killed", "--pruner", "none",
                      "--heartbeat", "1", sets=sets)
     worker = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     first = runs / "killed" / "trial-0000"
     wait_for(lambda: (first / "metrics.jsonl").is_file() and '"eval"' in (first / "metrics.jsonl").read_text(),
-             240, "the first trial's first evaluation", worker)
+             600, "the first trial's first evaluation", worker)
     os.kill(worker.pid, signal.SIGKILL)
     worker.communicate(timeout=30)
     marker = str(first / "trial-config.yaml")
     wait_for(lambda: not _trial_processes(marker), 30, "the orphaned trial process to die with its worker")
     assert trial_eval_steps(first)[-1] < 400  # killed mid-trial
-    rerun = run_cli(args, timeout=400)  # the same command again resumes the study
+    rerun = run_cli(args, timeout=900)  # the same command again resumes the study
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     study = optuna.load_study(study_name="killed", storage=postgres_url)
     states = {t.number: t.state for t in study.trials}
     assert states[0] == optuna.trial.TrialState.FAIL
-    assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) == 2
+    assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) == 1
     assert (runs / "killed" / "tune-report.md").is_file()
 
 
@@ -131,10 +131,10 @@ def pruned_study(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     space, runs = space_file(tmp), tmp / "runs"
     sets = [*TINY, f"train.max_steps={PRUNE_STEPS}"]  # long enough that the pruner's SIGTERM lands mid-run
     good = run_cli(tune_args(data_root, runs, space, 1, "--params", "optim.lr=0.01", "--params",
-                             "model.hidden=32", "--study", "prune", sets=sets), timeout=300)
+                             "model.hidden=32", "--study", "prune", sets=sets), timeout=900)
     assert good.returncode == 0, good.stderr[-3000:]
     bad = run_cli(tune_args(data_root, runs, space, 2, "--params", "optim.lr=1e-6", "--params", "model.hidden=16",
-                            "--study", "prune", sets=sets), timeout=300)
+                            "--study", "prune", sets=sets), timeout=900)
     assert bad.returncode == 0, bad.stderr[-3000:]
     assert KATIB_LINE.search(good.stdout) and KATIB_LINE.search(bad.stdout)
     return runs, runs / "prune"
@@ -161,7 +161,7 @@ def test_best_config_retrains_to_the_reported_metric(pruned_study: tuple[Path, P
     study = optuna.load_study(study_name="prune", storage=f"sqlite:///{study_dir / 'optuna.db'}")
     best = yaml.safe_load((study_dir / "best-config.yaml").read_text())
     assert best["optim"]["lr"] == pytest.approx(0.01) and best["logging"]["run_dir"] == str(runs)
-    proc = run_cli([str(BIN / "astrobio-train"), "run", "-c", str(study_dir / "best-config.yaml")], timeout=300)
+    proc = run_cli([str(BIN / "astrobio-train"), "run", "-c", str(study_dir / "best-config.yaml")], timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = runs / best["logging"]["run_name"]
     evals = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
