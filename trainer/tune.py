@@ -45,11 +45,12 @@ class Param:
     log: bool = False
     when: dict[str, list[Any]] = field(default_factory=dict)
 
-    def probe(self) -> Any:
-        """A value inside the distribution, used to check that the key exists in the config."""
+    def probes(self) -> list[Any]:
+        """Values the config must accept: every choice, or both bounds."""
         if self.kind == "choice":
-            return self.choices[0]
-        return int(self.low) if self.kind == "int" else float(self.low)
+            return list(self.choices)
+        cast = int if self.kind == "int" else float
+        return [cast(self.low), cast(self.high)]
 
 
 @dataclass
@@ -164,11 +165,12 @@ def load_space(path: str | Path, base: dict[str, Any]) -> Space:
         raise _bad(path, "seed", f"expected an integer, got {seed!r}")
     space = Space(path, metric, direction, params, seed, int(pruning.get("startup_trials", 2)),
                   int(pruning.get("warmup_steps", 0)))
-    for p in params:  # each key must exist in the config and take a value of its distribution
-        try:
-            validate_raw(apply_params(base, {p.key: p.probe()}))
-        except ConfigError as exc:
-            raise _bad(path, f"parameters.{p.key}", f"not a valid config key or value ({exc})") from None
+    for p in params:  # each key must exist in the config and take the values of its distribution
+        for value in p.probes():
+            try:
+                validate_raw(apply_params(base, {p.key: value}))
+            except ConfigError as exc:
+                raise _bad(path, f"parameters.{p.key}", f"not a valid config key or value {value!r} ({exc})") from None
     return space
 
 

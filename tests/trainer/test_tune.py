@@ -167,3 +167,33 @@ def test_best_config_retrains_to_the_reported_metric(pruned_study: tuple[Path, P
     evals = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
              if r["kind"] == "eval"]
     assert min(evals) == pytest.approx(study.best_value, rel=0.02, abs=0.005)
+
+
+@pytest.mark.parametrize(("parameters", "where"), [
+    ({"optim.lr": {"uniform": [0.1, 0.01]}}, "parameters.optim.lr: low 0.1 must be below high 0.01"),
+    ({"optim.lr": {"normal": [0, 1]}}, "parameters.optim.lr: unknown setting 'normal'"),
+    ({"model.layers": {"int": [1.5, 4]}}, "parameters.model.layers: int needs integer"),
+    ({"model.hidden": {"choice": []}}, "parameters.model.hidden: choice needs a non-empty list"),
+    ({"optim.name": {"choice": ["adamw", "lion"]}}, "parameters.optim.name: not a valid config key or value"),
+    ({"optim.momentum": {"uniform": [0.5, 0.9], "when": {"optim.name": "sgd"}}},
+     "parameters.optim.momentum.when: 'optim.name' must be a parameter listed before it"),
+])
+def test_space_errors_name_the_key(tmp_path: Path, parameters: dict, where: str) -> None:
+    from datajobs.errors import ConfigError
+    from trainer.tune import load_space
+
+    base = yaml.safe_load((REPO / "configs" / "planets.yaml").read_text())
+    with pytest.raises(ConfigError) as err:
+        load_space(space_file(tmp_path, {**SPACE, "parameters": parameters}), base)
+    assert where in str(err.value) and "\n" not in str(err.value)
+
+
+def test_conditional_keys_are_sampled_only_when_their_condition_holds(tmp_path: Path) -> None:
+    from trainer.tune import load_space, suggest
+
+    base = yaml.safe_load((REPO / "configs" / "planets.yaml").read_text())
+    space = load_space(REPO / "configs" / "planets-space.yaml", base)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        values = suggest(study.ask(), space)
+        assert ("optim.momentum" in values) == (values["optim.name"] == "sgd")
