@@ -482,6 +482,13 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.6g}"
 
 
+def _dropped(count: int) -> str:
+    if not count:
+        return ""
+    return (f" ({count} trial number(s) asked for by a worker when the last trial had just been claimed by "
+            f"another were closed as failed without a run and are not listed)")
+
+
 def _write_atomic(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -512,7 +519,8 @@ def write_tune_report(study: Any, tuner: Tuner) -> Path:
     from optuna.trial import TrialState
 
     space, out = tuner.space, tuner.dir
-    trials = study.get_trials(deepcopy=False)
+    everything = study.get_trials(deepcopy=False)
+    trials = [t for t in everything if "not_run" not in t.user_attrs]  # claims dropped at the budget: no run
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         raise AstrobioError(f"study {tuner.study_name} has no complete trial; see the trial.log files in {out}")
@@ -526,7 +534,8 @@ def write_tune_report(study: Any, tuner: Tuner) -> Path:
              f"`{_redact(tuner.storage_url)}`. Trials: {len(complete)} complete, "
              f"{sum(t.state == TrialState.PRUNED for t in trials)} pruned, "
              f"{sum(t.state == TrialState.FAIL for t in trials)} failed, "
-             f"{sum(t.state == TrialState.RUNNING for t in trials)} running.", "",
+             f"{sum(t.state == TrialState.RUNNING for t in trials)} running"
+             f"{_dropped(len(everything) - len(trials))}.", "",
              "## Best trial", "",
              f"Trial {best.number}: {space.metric} = {best.value:.6g} after {best.user_attrs.get('steps', '?')} "
              f"steps; run folder `{best.user_attrs.get('run_dir', '?')}` (bundle in `best/`, report.md).", "",
@@ -557,7 +566,7 @@ def write_tune_report(study: Any, tuner: Tuner) -> Path:
     for t in trials:
         value = t.value if t.state == TrialState.COMPLETE else (
             t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
-        note = t.user_attrs.get("not_run") or t.user_attrs.get("reason", "")
+        note = t.user_attrs.get("reason", "")
         cells = [str(t.number), t.state.name.lower(), _fmt(value), str(t.user_attrs.get("steps", "")),
                  *(repr(t.params[k]) if k in t.params else "" for k in keys), note.replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
