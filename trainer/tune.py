@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from datajobs.errors import AstrobioError, ConfigError
+from datajobs.errors import AstrobioError, ConfigError, require
 
 log = logging.getLogger("astrobio.tune")
 
@@ -261,6 +261,7 @@ class Tuner:
     def __init__(self, args: argparse.Namespace) -> None:
         from trainer.config import apply_overrides, load_config
 
+        require("optuna", "tune")
         self.args = args
         cfg = load_config(args.config, args.set)  # the base config must be valid on its own
         self.base = apply_overrides(yaml.safe_load(Path(args.config).read_text()), list(args.set))
