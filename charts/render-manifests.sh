@@ -25,6 +25,7 @@ render planets-job.yaml planets-cpu-values.yaml
 render planets-trainjob.yaml trainjob-values.yaml
 render llm-job.yaml llm-fsdp-values.yaml
 render data-cronjobs.yaml datajobs-values.yaml
+render planets-tune-job.yaml tune-values.yaml
 render monitoring.yaml monitoring-values.yaml \
   --api-versions monitoring.coreos.com/v1/PodMonitor --api-versions monitoring.coreos.com/v1/PrometheusRule \
   --show-only templates/monitoring/podmonitor.yaml --show-only templates/monitoring/prometheusrule.yaml \

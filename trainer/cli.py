@@ -123,11 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("components", help="list the trainable components")
     p.set_defaults(func=cmd_components)
 
+    from trainer.doctor import add_doctor_parser
     from trainer.generate import add_generate_parser
     from trainer.planner import add_plan_parser
     from trainer.predict import add_predict_parsers
+    from trainer.tune import add_tune_parser
 
-    for add in (add_plan_parser, add_generate_parser, add_predict_parsers):
+    for add in (add_plan_parser, add_generate_parser, add_predict_parsers, add_tune_parser, add_doctor_parser):
         add(sub)
     return parser
 

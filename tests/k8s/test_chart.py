@@ -293,7 +293,8 @@ def test_manifests_are_rendered_from_the_chart(tmp_path: Path) -> None:
         capture_output=True,
         timeout=120,
     )
-    names = {"llm-job.yaml", "planets-job.yaml", "planets-trainjob.yaml", "data-cronjobs.yaml", "monitoring.yaml"}
+    names = {"llm-job.yaml", "planets-job.yaml", "planets-trainjob.yaml", "data-cronjobs.yaml", "monitoring.yaml",
+             "planets-tune-job.yaml"}
     assert {p.name for p in tmp_path.iterdir()} == names
     for name in sorted(names):
         assert (REPO / "manifests" / name).read_text() == (tmp_path / name).read_text(), (

@@ -218,6 +218,9 @@ spec:
   {{- with include "astrobio.trainerPlacement" $job }}
   {{- . | trim | nindent 2 }}
   {{- end }}
+  {{- with include "astrobio.doctorInitContainers" . }}
+  {{- . | nindent 2 }}
+  {{- end }}
   containers:
     - name: pytorch
       {{- include "astrobio.trainerCommand" . | nindent 6 }}
