@@ -205,6 +205,7 @@ class Component(ABC):
 
 
 # -- table input and output ----------------------------------------------------------------------
+CSV_NULLS = ["", "NA", "N/A", "null", "NULL", "None"]
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -229,8 +230,9 @@ def read_table(path: str) -> pa.Table:
         raise DataError(f"input file {path} not found")
     source = pa.py_buffer(sys.stdin.buffer.read()) if path == "-" else path
     try:
-        if fmt == "csv":
-            return pcsv.read_csv(source if path != "-" else pa.BufferReader(source))
+        if fmt == "csv":  # "nan" stays a NaN (an error in a required column), not an empty cell
+            return pcsv.read_csv(source if path != "-" else pa.BufferReader(source),
+                                 convert_options=pcsv.ConvertOptions(null_values=CSV_NULLS, strings_can_be_null=True))
         if fmt == "parquet":
             return pq.read_table(source)
         return pjson.read_json(source)
