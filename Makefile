@@ -46,6 +46,7 @@ lint: venv  ## ruff
 bench: venv tools  ## benchmarks; results go to docs/benchmarks.md by hand
 	$(BIN)/python -m bench.trainer_overhead
 	$(BIN)/python -m bench.datajobs
+	$(BIN)/python -m bench.predict
 
 manifests: tools  ## render manifests/ from the chart
 	bash charts/render-manifests.sh

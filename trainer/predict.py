@@ -74,7 +74,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trained_on = ", ".join(v.get("version", k) for k, v in model.lineage.items())
     summary = {"component": model.component.name, "model": str(model.path), "trained on": trained_on,
                "evaluated on": resolved, "step": model.step,
-               "statistics": "frozen from the bundle (scaling and imputation of the training data)"}
+               "statistics": "frozen: the bundle's component state from training, not refitted"}
     metrics = {k: v for section in sections for k, v in section.metrics.items()}
     summary.update({k: f"{v:.4f}" for k, v in metrics.items()})
     report = write_report(out, f"Evaluation of {model.path} on {resolved}", summary, sections, "")

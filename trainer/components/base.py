@@ -205,6 +205,7 @@ class Component(ABC):
 
 
 # -- table input and output ----------------------------------------------------------------------
+CSV_NULLS = ["", "NA", "N/A", "null", "NULL", "None"]
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -229,8 +230,9 @@ def read_table(path: str) -> pa.Table:
         raise DataError(f"input file {path} not found")
     source = pa.py_buffer(sys.stdin.buffer.read()) if path == "-" else path
     try:
-        if fmt == "csv":
-            return pcsv.read_csv(source if path != "-" else pa.BufferReader(source))
+        if fmt == "csv":  # "nan" stays a NaN (an error in a required column), not an empty cell
+            return pcsv.read_csv(source if path != "-" else pa.BufferReader(source),
+                                 convert_options=pcsv.ConvertOptions(null_values=CSV_NULLS, strings_can_be_null=True))
         if fmt == "parquet":
             return pq.read_table(source)
         return pjson.read_json(source)
@@ -294,7 +296,14 @@ def coerce_inputs(schema: list[InputField], table: pa.Table) -> tuple[pa.Table, 
     columns: dict[str, pa.Array] = {}
     n = table.num_rows
     for f in schema:
-        values = table.column(f.name).to_pylist() if f.name in table.column_names else [None] * n
+        if f.name not in table.column_names:  # an absent optional column: all empty
+            columns[f.name] = pa.nulls(n, pa.float64() if f.dtype in ("float", "int") else pa.string())
+            continue
+        column = table.column(f.name)
+        if f.dtype in ("float", "int") and (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+            columns[f.name] = _coerce_numeric(f, column, problems)
+            continue
+        values = column.to_pylist()
         if f.dtype in ("float", "int"):
             out: list[float | None] = []
             for i, raw in enumerate(values):
@@ -319,6 +328,28 @@ def coerce_inputs(schema: list[InputField], table: pa.Table) -> tuple[pa.Table, 
             columns[f.name] = pa.array(values)
     problems.sort(key=lambda p: (p[0], [f.name for f in schema].index(p[1])))
     return pa.table(columns) if columns else pa.table({}), problems
+
+
+def _coerce_numeric(f: InputField, column: pa.ChunkedArray, problems: list[Problem]) -> pa.Array:
+    """A numeric column checked with numpy; only the flagged rows go through _check_value."""
+    nulls = column.is_null().to_numpy(zero_copy_only=False)
+    values = column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    nan = np.isnan(values) & ~nulls
+    empty = nulls | (nan if not f.required else np.zeros_like(nulls))  # NaN in an optional column = empty
+    with np.errstate(invalid="ignore"):
+        flag = (nulls & f.required) | ~np.isfinite(values) & ~empty
+        if f.minimum is not None:
+            flag |= (values <= f.minimum) if f.exclusive_minimum else (values < f.minimum)
+        if f.maximum is not None:
+            flag |= values > f.maximum
+        if f.dtype == "int":
+            flag |= np.isfinite(values) & (values != np.round(values))
+    for i in np.flatnonzero(flag & ~(empty & ~nulls)):
+        v = None if nulls[i] else float(values[i])
+        why = _check_value(f, v)
+        if why:
+            problems.append((int(i) + 1, f.name, v, why))
+    return pa.array(values, type=pa.float64(), mask=empty)
 
 
 def _check_value(f: InputField, v: float | None) -> str:

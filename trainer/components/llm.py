@@ -119,7 +119,11 @@ class LLMComponent(Component):
         tokenizers = require("tokenizers", "text")
         cfg: LLMModelConfig = self.model_cfg
         version = store.open(self.cfg.data.dataset)
-        self.tokenizer = tokenizers.Tokenizer.from_str(version.read_bytes("tokenizer.json").decode())
+        tokenizer = tokenizers.Tokenizer.from_str(version.read_bytes("tokenizer.json").decode())
+        if self.frozen and tokenizer.to_str() != self.tokenizer.to_str():
+            raise DataError(f"{version.ref} was tokenized with a different tokenizer than this model's; evaluate "
+                            f"it on a version built with the same tokenizer")
+        self.tokenizer = tokenizer
         self.train_tokens = read_tokens(version, "train")
         self.val_tokens = read_tokens(version, "val")
         self.vocab = self.tokenizer.get_vocab_size()
