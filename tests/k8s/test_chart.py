@@ -27,6 +27,7 @@ from tests.k8s.chart import (
     objects,
     pod_specs,
     render,
+    rules_spec,
     template_args,
     trainjob_pod,
 )
@@ -45,6 +46,8 @@ CRD_SHA256 = {
     "trainer.kubeflow.org_trainjobs.yaml": "a742cafc5b5582640c7e0b7467c024fc237256fbca5ba0a9f0531dfb66d64416",
 }
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# every trainable component: its job preset (disabled by default beside planets) and the data job feeding it
+COMPONENT_JOBS = {"graph-vae": "molecules", "spectrum": "spectra-sim", "datacube": "exoplasim-sweep"}
 RESTRICTED_VOLUMES = {
     "configMap",
     "emptyDir",
@@ -293,7 +296,14 @@ def test_manifests_are_rendered_from_the_chart(tmp_path: Path) -> None:
         capture_output=True,
         timeout=120,
     )
-    names = {"llm-job.yaml", "planets-job.yaml", "planets-trainjob.yaml", "data-cronjobs.yaml", "monitoring.yaml"}
+    names = {
+        "llm-job.yaml",
+        "planets-job.yaml",
+        "planets-trainjob.yaml",
+        "data-cronjobs.yaml",
+        "monitoring.yaml",
+        *(f"{component}-job.yaml" for component in COMPONENT_JOBS),
+    }
     assert {p.name for p in tmp_path.iterdir()} == names
     for name in sorted(names):
         assert (REPO / "manifests" / name).read_text() == (tmp_path / name).read_text(), (
@@ -301,7 +311,11 @@ def test_manifests_are_rendered_from_the_chart(tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.parametrize("name", ["planets-job.yaml", "planets-trainjob.yaml", "llm-job.yaml", "data-cronjobs.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    ["planets-job.yaml", "planets-trainjob.yaml", "llm-job.yaml", "data-cronjobs.yaml"]
+    + [f"{component}-job.yaml" for component in COMPONENT_JOBS],
+)
 def test_manifests_are_self_contained(name: str) -> None:
     """Each manifest applies as-is: what its pods reference (ServiceAccount, ConfigMap, PVC) is in the file."""
     docs = [d for d in yaml.safe_load_all((REPO / "manifests" / name).read_text()) if d]
@@ -487,3 +501,32 @@ def test_monitoring_objects_need_the_prometheus_operator_api() -> None:
         for d in disabled
         if d["kind"] in {"PodMonitor", "PrometheusRule"} or "grafana_dashboard" in d["metadata"].get("labels", {})
     ]
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENT_JOBS))
+def test_every_component_has_a_preset_and_its_data_job(component: str) -> None:
+    """Each component's job preset is off by default and renders with its data job; simulations are Jobs."""
+    defaults = render()
+    assert not [d for d in objects(defaults, "PyTorchJob") if d["metadata"]["name"].endswith(f"-{component}")]
+    docs = render([CHART / "ci" / f"{component}-values.yaml"])
+    (job,) = objects(docs, "PyTorchJob")
+    assert job["metadata"]["name"] == f"astrobio-train-{component}"
+    assert _run_configs(docs)[component]["component"] == component
+    (data,) = objects(docs, "Job")
+    assert data["metadata"]["labels"]["astrobio.io/source"] == COMPONENT_JOBS[component]
+    assert not objects(docs, "CronJob")
+    indexed = data["spec"]["completionMode"] == "Indexed"
+    assert indexed == (component == "datacube")
+    assert data["spec"]["completions"] == (40 if indexed else 1)
+    stale = [r for g in rules_spec(docs)["groups"] for r in g["rules"]]
+    assert not [r for r in stale if r.get("alert") == "AstrobioDataJobStale"], "a one-off Job has no schedule"
+
+
+def test_indexed_job_parallelism_from_values() -> None:
+    docs = render(sets=["dataJobs.exoplasim-sweep.enabled=true", "dataJobs.exoplasim-sweep.parallelism=3"])
+    (job,) = objects(docs, "Job")
+    assert (job["spec"]["parallelism"], job["spec"]["completionMode"]) == (3, "Indexed")
+    proc = helm(
+        *template_args(sets=["dataJobs.spectra-sim.enabled=true", "dataJobs.spectra-sim.schedule=@daily"]), check=False
+    )
+    assert proc.returncode != 0 and "kind is Job" in proc.stderr

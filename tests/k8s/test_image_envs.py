@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from datajobs.sources import SOURCES
 from tests.conftest import free_port
 from tests.k8s.chart import CHART, objects, render
 from tests.k8s.image_envs import build, clean_env
@@ -63,20 +64,24 @@ def test_every_chart_source_runs_in_the_datajobs_env(
     replay,
     config,
 ) -> None:
-    """Each source the chart enables by default, and each one it can enable, publishes from the replay server."""
+    """Each source the chart enables by default, and each one it can enable, publishes: archives from the replay
+    server, sources without a recorded exchange (simulations) from their bundled snapshot."""
     enabled, possible = chart_sources()
     assert enabled and enabled <= possible
     cfg = config()
-    failures = []
-    for source in sorted(possible):
+    recorded = set(yaml.safe_load(cfg.read_text()))
+    failures, absent = [], sorted(possible - set(SOURCES))
+    for source in sorted(possible & set(SOURCES)):
         root = tmp_path / "root"
-        proc = run_in(
-            datajobs_env, "astrobio-data", "run", source, "--root", str(root), "--config", str(cfg), cwd=tmp_path
-        )
+        how = ["--config", str(cfg)] if source in recorded else ["--from-snapshot"]
+        proc = run_in(datajobs_env, "astrobio-data", "run", source, "--root", str(root), *how, cwd=tmp_path)
         if proc.returncode != 0 or not (root / "datasets" / source / "LATEST").is_file():
             default = " (enabled by default)" if source in enabled else ""
             failures.append(f"{source}{default}: rc {proc.returncode}: {proc.stderr.strip()[-600:]}")
     assert not failures, "\n".join(failures)
+    assert enabled <= set(SOURCES) - set(absent)
+    if absent:  # presets for components whose data job lands on another branch (disabled by default)
+        pytest.skip(f"the chart can enable sources this checkout does not have yet: {', '.join(absent)}")
 
 
 def test_missing_chem_extra_names_it(datajobs_env: Path, tmp_path: Path, config) -> None:
