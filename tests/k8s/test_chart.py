@@ -202,7 +202,11 @@ BAD_VALUES = [
     ("jobs.Planets_1.component=planets", "Planets_1"),
     ("dataJobs.kegg.source=arxiv", "/dataJobs/kegg/source"),
     ("storage.runRoot=s3://bucket/runs", "/storage/runRoot"),
-    ("monitoring.prometheusRule.gpuMemoryRatio=1.5", "/monitoring/prometheusRule/gpuMemoryRatio"),
+    (
+        "monitoring.prometheusRule.alerts.AstrobioGPUMemoryNearFull.severity=page",
+        "/monitoring/prometheusRule/alerts/AstrobioGPUMemoryNearFull/severity",
+    ),
+    ("monitoring.prometheusRule.alerts.AstrobioDataWaitHigh.fro=5m", "fro"),
     ("jobs.planets.restartPolicy=Sometimes", "/jobs/planets/restartPolicy"),
     ("jobs.extra.strategy=ddp", "jobs.extra.component is required"),
     (
