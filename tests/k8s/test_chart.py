@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
@@ -99,7 +100,11 @@ def test_chart_packages(tmp_path: Path) -> None:
     (archive,) = tmp_path.glob("astrobio-train-*.tgz")
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
-    assert {"astrobio-train/dashboards/training.json", "astrobio-train/values.schema.json"} <= names
+    assert {
+        "astrobio-train/dashboards/training.json",
+        "astrobio-train/values.schema.json",
+        "astrobio-train/README.md",
+    } <= names
     assert not any("/ci/" in name for name in names)
 
 
@@ -534,3 +539,23 @@ def test_indexed_job_parallelism_from_values() -> None:
         *template_args(sets=["dataJobs.spectra-sim.enabled=true", "dataJobs.spectra-sim.schedule=@daily"]), check=False
     )
     assert proc.returncode != 0 and "kind is Job" in proc.stderr
+
+
+def test_readme_values_table_is_generated() -> None:
+    """charts/astrobio-train/README.md holds the table charts/gen-readme.py writes from values.yaml now."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "charts" / "gen-readme.py"), "--check"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    readme = (CHART / "README.md").read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    gpu = "monitoring.prometheusRule.alerts.AstrobioGPUMemoryNearFull.params"
+    assert f'| `{gpu}` | object | `{{"ratio": 0.95}}` |' in readme
+    assert all(f"| `{key}` |" in readme for key in schema["properties"] if key != "global")
+    # the check can fail: a values.yaml with one more documented key renders a different table
+    spec = importlib.util.spec_from_file_location("gen_readme", REPO / "charts" / "gen-readme.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    values = (CHART / "values.yaml").read_text()
+    assert gen.render(readme, values) == readme
+    assert gen.render(readme, values + "# -- A new key.\nnewKey: 1\n") != readme
