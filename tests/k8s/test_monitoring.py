@@ -163,7 +163,7 @@ def test_dashboards_are_templated_and_embedded() -> None:
         for d in objects(docs, "ConfigMap")
         if d["metadata"]["labels"].get("grafana_dashboard") == "1"
     }
-    assert len(configmaps) == len(DASHBOARDS) == 2
+    assert len(configmaps) == len(DASHBOARDS) == 3
     for path in DASHBOARDS:
         text = path.read_text()
         board = json.loads(text)
@@ -276,3 +276,17 @@ def test_unknown_alert_parameter_fails_the_render(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(_alert_values("AstrobioGPUMemoryNearFull", expr="x > ${ratioo}")))
     proc = helm(*template_args([path]), check=False)
     assert proc.returncode != 0 and "AstrobioGPUMemoryNearFull: no parameter for ${ratioo}" in proc.stderr
+
+
+def test_every_component_has_evaluation_panels() -> None:
+    """components.json: a row per trainable component with its evaluation-loss queries (the only evaluation
+    gauge the trainer exports; report metrics are named in the panel descriptions as not exported)."""
+    board = json.loads((CHART / "dashboards" / "components.json").read_text())
+    presets = yaml.safe_load((CHART / "values.yaml").read_text())["jobs"]
+    components = {job["component"] for job in presets.values()}
+    assert components >= {"planets", "llm", "graph-vae", "spectrum", "datacube"}
+    for component in components:
+        exprs = [
+            t["expr"] for p in board["panels"] for t in p.get("targets", []) if f'component="{component}"' in t["expr"]
+        ]
+        assert any("astrobio_eval_loss" in e for e in exprs), component
