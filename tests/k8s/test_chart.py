@@ -470,7 +470,8 @@ def test_datajob_cronjob_contract() -> None:
 )
 def test_staleness_alert_is_twice_the_schedule(schedule: str, seconds: int) -> None:
     docs = render(sets=["dataJobs.kegg.schedule=" + schedule.replace(",", "\\,")])
-    rules = objects(docs, "PrometheusRule")[0]["spec"]["groups"][1]["rules"]
+    (group,) = [g for g in rules_spec(docs)["groups"] if g["name"] == "astrobio-train.datajobs"]
+    rules = group["rules"]
     stale = [r for r in rules if r["alert"] == "AstrobioDataJobStale" and r["labels"]["source"] == "kegg"]
     assert len(stale) == 1
     assert f"> {seconds}) or absent_over_time(" in stale[0]["expr"]
