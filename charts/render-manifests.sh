@@ -26,6 +26,9 @@ render planets-trainjob.yaml trainjob-values.yaml
 render llm-job.yaml llm-fsdp-values.yaml
 render data-cronjobs.yaml datajobs-values.yaml
 render planets-tune-job.yaml tune-values.yaml
+render graph-vae-job.yaml graph-vae-values.yaml
+render spectrum-job.yaml spectrum-values.yaml
+render datacube-job.yaml datacube-values.yaml
 render monitoring.yaml monitoring-values.yaml \
   --api-versions monitoring.coreos.com/v1/PodMonitor --api-versions monitoring.coreos.com/v1/PrometheusRule \
   --show-only templates/monitoring/podmonitor.yaml --show-only templates/monitoring/prometheusrule.yaml \

@@ -56,7 +56,7 @@ def structure(fields: dict[str, list[str]]) -> Structure | None:
 
 def to_smiles(s: Structure) -> str:
     """Canonical SMILES of the RDKit molecule built from the graph; ValueError when RDKit rejects it."""
-    chem = require("rdkit.Chem", "graph")
+    chem = require("rdkit.Chem", "chem")
     mol = chem.RWMol()
     try:
         for elem, *_ in s.atoms:

@@ -29,6 +29,7 @@ class Recorded:
     body: bytes
     content_type: str = "application/octet-stream"
     etag: str | None = None
+    status: int = 200  # 400: the route refused the query (tests/datajobs/routes.py checks what jobs send)
 
     @classmethod
     def file(cls, path: Path, content_type: str, etag: bool = False) -> Recorded:
@@ -99,6 +100,8 @@ class ReplayServer:
                 if route is None:
                     return self._send(404, b"no recorded response for this path", "text/plain")
                 rec = route(query) if callable(route) else route
+                if rec.status != 200:
+                    return self._send(rec.status, rec.body, rec.content_type)
                 fault = (
                     server.faults[parts.path].popleft() if server.faults[parts.path] else server.always.get(parts.path)
                 )

@@ -50,11 +50,13 @@ def objects(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Pod specs inside a workload object (PyTorchJob replicas, CronJob job template)."""
+    """Pod specs inside a workload object (PyTorchJob replicas, CronJob job template, Job template)."""
     if doc["kind"] == "PyTorchJob":
         return [r["template"]["spec"] for r in doc["spec"]["pytorchReplicaSpecs"].values()]
     if doc["kind"] == "CronJob":
         return [doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]]
+    if doc["kind"] == "Job":
+        return [doc["spec"]["template"]["spec"]]
     return []
 
 

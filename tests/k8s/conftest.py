@@ -1,4 +1,4 @@
-"""Fixtures for the k8s tests: a Pushgateway with state of its own."""
+"""Fixtures for the k8s tests: a Pushgateway with state of its own; the data jobs' replay server and config."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, require_tool, wait_for
+from tests.datajobs.conftest import config, replay
 
-__all__ = ["pushgateway"]
+__all__ = ["config", "pushgateway", "replay"]
 
 
 def _ready(url: str) -> bool:

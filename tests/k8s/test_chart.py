@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
@@ -27,6 +28,7 @@ from tests.k8s.chart import (
     objects,
     pod_specs,
     render,
+    rules_spec,
     template_args,
     trainjob_pod,
 )
@@ -45,6 +47,8 @@ CRD_SHA256 = {
     "trainer.kubeflow.org_trainjobs.yaml": "a742cafc5b5582640c7e0b7467c024fc237256fbca5ba0a9f0531dfb66d64416",
 }
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# every trainable component: its job preset (disabled by default beside planets) and the data job feeding it
+COMPONENT_JOBS = {"graph-vae": "molecules", "spectrum": "spectra-sim", "datacube": "exoplasim-sweep"}
 RESTRICTED_VOLUMES = {
     "configMap",
     "emptyDir",
@@ -96,7 +100,11 @@ def test_chart_packages(tmp_path: Path) -> None:
     (archive,) = tmp_path.glob("astrobio-train-*.tgz")
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
-    assert {"astrobio-train/dashboards/training.json", "astrobio-train/values.schema.json"} <= names
+    assert {
+        "astrobio-train/dashboards/training.json",
+        "astrobio-train/values.schema.json",
+        "astrobio-train/README.md",
+    } <= names
     assert not any("/ci/" in name for name in names)
 
 
@@ -199,7 +207,11 @@ BAD_VALUES = [
     ("jobs.Planets_1.component=planets", "Planets_1"),
     ("dataJobs.kegg.source=arxiv", "/dataJobs/kegg/source"),
     ("storage.runRoot=s3://bucket/runs", "/storage/runRoot"),
-    ("monitoring.prometheusRule.gpuMemoryRatio=1.5", "/monitoring/prometheusRule/gpuMemoryRatio"),
+    (
+        "monitoring.prometheusRule.alerts.AstrobioGPUMemoryNearFull.severity=page",
+        "/monitoring/prometheusRule/alerts/AstrobioGPUMemoryNearFull/severity",
+    ),
+    ("monitoring.prometheusRule.alerts.AstrobioDataWaitHigh.fro=5m", "fro"),
     ("jobs.planets.restartPolicy=Sometimes", "/jobs/planets/restartPolicy"),
     ("jobs.extra.strategy=ddp", "jobs.extra.component is required"),
     (
@@ -293,8 +305,15 @@ def test_manifests_are_rendered_from_the_chart(tmp_path: Path) -> None:
         capture_output=True,
         timeout=120,
     )
-    names = {"llm-job.yaml", "planets-job.yaml", "planets-trainjob.yaml", "data-cronjobs.yaml", "monitoring.yaml",
-             "planets-tune-job.yaml"}
+    names = {
+        "llm-job.yaml",
+        "planets-job.yaml",
+        "planets-trainjob.yaml",
+        "data-cronjobs.yaml",
+        "monitoring.yaml",
+        "planets-tune-job.yaml",
+        *(f"{component}-job.yaml" for component in COMPONENT_JOBS),
+    }
     assert {p.name for p in tmp_path.iterdir()} == names
     for name in sorted(names):
         assert (REPO / "manifests" / name).read_text() == (tmp_path / name).read_text(), (
@@ -302,7 +321,11 @@ def test_manifests_are_rendered_from_the_chart(tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.parametrize("name", ["planets-job.yaml", "planets-trainjob.yaml", "llm-job.yaml", "data-cronjobs.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    ["planets-job.yaml", "planets-trainjob.yaml", "llm-job.yaml", "data-cronjobs.yaml"]
+    + [f"{component}-job.yaml" for component in COMPONENT_JOBS],
+)
 def test_manifests_are_self_contained(name: str) -> None:
     """Each manifest applies as-is: what its pods reference (ServiceAccount, ConfigMap, PVC) is in the file."""
     docs = [d for d in yaml.safe_load_all((REPO / "manifests" / name).read_text()) if d]
@@ -448,7 +471,8 @@ def test_datajob_cronjob_contract() -> None:
 )
 def test_staleness_alert_is_twice_the_schedule(schedule: str, seconds: int) -> None:
     docs = render(sets=["dataJobs.kegg.schedule=" + schedule.replace(",", "\\,")])
-    rules = objects(docs, "PrometheusRule")[0]["spec"]["groups"][1]["rules"]
+    (group,) = [g for g in rules_spec(docs)["groups"] if g["name"] == "astrobio-train.datajobs"]
+    rules = group["rules"]
     stale = [r for r in rules if r["alert"] == "AstrobioDataJobStale" and r["labels"]["source"] == "kegg"]
     assert len(stale) == 1
     assert f"> {seconds}) or absent_over_time(" in stale[0]["expr"]
@@ -488,3 +512,52 @@ def test_monitoring_objects_need_the_prometheus_operator_api() -> None:
         for d in disabled
         if d["kind"] in {"PodMonitor", "PrometheusRule"} or "grafana_dashboard" in d["metadata"].get("labels", {})
     ]
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENT_JOBS))
+def test_every_component_has_a_preset_and_its_data_job(component: str) -> None:
+    """Each component's job preset is off by default and renders with its data job; simulations are Jobs."""
+    defaults = render()
+    assert not [d for d in objects(defaults, "PyTorchJob") if d["metadata"]["name"].endswith(f"-{component}")]
+    docs = render([CHART / "ci" / f"{component}-values.yaml"])
+    (job,) = objects(docs, "PyTorchJob")
+    assert job["metadata"]["name"] == f"astrobio-train-{component}"
+    assert _run_configs(docs)[component]["component"] == component
+    (data,) = objects(docs, "Job")
+    assert data["metadata"]["labels"]["astrobio.io/source"] == COMPONENT_JOBS[component]
+    assert not objects(docs, "CronJob")
+    indexed = data["spec"]["completionMode"] == "Indexed"
+    assert indexed == (component == "datacube")
+    assert data["spec"]["completions"] == (40 if indexed else 1)
+    stale = [r for g in rules_spec(docs)["groups"] for r in g["rules"]]
+    assert not [r for r in stale if r.get("alert") == "AstrobioDataJobStale"], "a one-off Job has no schedule"
+
+
+def test_indexed_job_parallelism_from_values() -> None:
+    docs = render(sets=["dataJobs.exoplasim-sweep.enabled=true", "dataJobs.exoplasim-sweep.parallelism=3"])
+    (job,) = objects(docs, "Job")
+    assert (job["spec"]["parallelism"], job["spec"]["completionMode"]) == (3, "Indexed")
+    proc = helm(
+        *template_args(sets=["dataJobs.spectra-sim.enabled=true", "dataJobs.spectra-sim.schedule=@daily"]), check=False
+    )
+    assert proc.returncode != 0 and "kind is Job" in proc.stderr
+
+
+def test_readme_values_table_is_generated() -> None:
+    """charts/astrobio-train/README.md holds the table charts/gen-readme.py writes from values.yaml now."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "charts" / "gen-readme.py"), "--check"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    readme = (CHART / "README.md").read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    gpu = "monitoring.prometheusRule.alerts.AstrobioGPUMemoryNearFull.params"
+    assert f'| `{gpu}` | object | `{{"ratio": 0.95}}` |' in readme
+    assert all(f"| `{key}` |" in readme for key in schema["properties"] if key != "global")
+    # the check can fail: a values.yaml with one more documented key renders a different table
+    spec = importlib.util.spec_from_file_location("gen_readme", REPO / "charts" / "gen-readme.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    values = (CHART / "values.yaml").read_text()
+    assert gen.render(readme, values) == readme
+    assert gen.render(readme, values + "# -- A new key.\nnewKey: 1\n") != readme

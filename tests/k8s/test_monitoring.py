@@ -18,10 +18,12 @@ from tests.k8s.chart import (
     base_metric,
     contract_metrics,
     dashboard_queries,
+    helm,
     metric_names,
     objects,
     render,
     rules_spec,
+    template_args,
 )
 
 UNIT_TESTS = Path(__file__).parent / "alerts_test.yaml"
@@ -55,6 +57,11 @@ def spec() -> dict[str, Any]:
     return rules_spec(render())
 
 
+def _alert_values(name: str, **entry: Any) -> dict[str, Any]:
+    """Values that override keys of one alert of monitoring.prometheusRule.alerts."""
+    return {"monitoring": {"prometheusRule": {"alerts": {name: entry}}}}
+
+
 def alerts(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [rule for group in spec["groups"] for rule in group["rules"] if "alert" in rule]
 
@@ -72,7 +79,7 @@ def test_alert_unit_tests(tmp_path: Path) -> None:
 
 def test_alert_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
     """The unit tests can fail: with the GPU threshold at 99% the 97.5% case no longer fires."""
-    proc = run_unit_tests(tmp_path, {"monitoring": {"prometheusRule": {"gpuMemoryRatio": 0.99}}})
+    proc = run_unit_tests(tmp_path, _alert_values("AstrobioGPUMemoryNearFull", params={"ratio": 0.99}))
     assert proc.returncode != 0
     assert "AstrobioGPUMemoryNearFull" in proc.stdout + proc.stderr
 
@@ -156,7 +163,7 @@ def test_dashboards_are_templated_and_embedded() -> None:
         for d in objects(docs, "ConfigMap")
         if d["metadata"]["labels"].get("grafana_dashboard") == "1"
     }
-    assert len(configmaps) == len(DASHBOARDS) == 2
+    assert len(configmaps) == len(DASHBOARDS) == 3
     for path in DASHBOARDS:
         text = path.read_text()
         board = json.loads(text)
@@ -171,3 +178,115 @@ def test_dashboards_are_templated_and_embedded() -> None:
             for target in panel.get("targets", []):
                 assert target["datasource"]["uid"] == "${datasource}"
                 assert 'namespace=~"$namespace"' in target["expr"]
+
+
+def _by_name(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(alert, source label) -> rule, with the group name kept in the rule."""
+    return {
+        (rule["alert"], rule["labels"].get("source", "")): {**rule, "group": group["name"]}
+        for group in spec["groups"]
+        for rule in group["rules"]
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "changed"),
+    [
+        (_alert_values("AstrobioThroughputDrop", enabled=False), {"AstrobioThroughputDrop": None}),
+        (
+            {"monitoring": {"prometheusRule": {"disabled": {"AstrobioDataWaitHigh": True}}}},
+            {"AstrobioDataWaitHigh": None},
+        ),
+        (
+            _alert_values("AstrobioGPUMemoryNearFull", params={"ratio": 0.9}, **{"for": "10m"}),
+            {"AstrobioGPUMemoryNearFull": {"for": "10m", "expr": "> 0.9", "summary": "above 90%"}},
+        ),
+        (
+            _alert_values("AstrobioTrainingStalled", severity="warning", params={"seconds": 1800}),
+            {"AstrobioTrainingStalled": {"severity": "warning", "expr": "> 1800", "summary": "for 30 minutes"}},
+        ),
+    ],
+    ids=["enabled-false", "disabled-map", "retune-ratio-for", "retune-severity-seconds"],
+)
+def test_switching_or_retuning_one_alert_changes_only_that_alert(
+    spec: dict[str, Any], tmp_path: Path, values: dict[str, Any], changed: dict[str, Any]
+) -> None:
+    before = _by_name(spec)
+    overrides = tmp_path / "values.yaml"
+    overrides.write_text(yaml.safe_dump(values))
+    after = _by_name(rules_spec(render([overrides])))
+    for key, rule in before.items():
+        if key[0] not in changed:
+            assert after[key] == rule, key
+            continue
+        expected = changed[key[0]]
+        if expected is None:
+            assert key not in after
+            continue
+        new = after[key]
+        assert new != rule
+        assert new.get("for") == expected.get("for", rule.get("for"))
+        assert new["labels"]["severity"] == expected.get("severity", rule["labels"]["severity"])
+        assert expected["expr"] in new["expr"] and expected["summary"] in new["annotations"]["summary"]
+    assert set(after) <= set(before)
+
+
+def test_group_switches_labels_and_a_new_alert(spec: dict[str, Any], tmp_path: Path) -> None:
+    """defaultRules-style: a group switched off, labels on every alert, an alert added from values alone."""
+    values = {
+        "monitoring": {
+            "prometheusRule": {
+                "rules": {"datajobs": False},
+                "additionalRuleLabels": {"team": "astro"},
+                "alerts": {
+                    "AstrobioLossRising": {
+                        "group": "training",
+                        "expr": "deriv(astrobio_train_loss[${window}]) > 0",
+                        "params": {"window": "30m"},
+                        "for": "30m",
+                        "severity": "warning",
+                        "summary": "Loss rising in ${job}",
+                        "description": "The training loss rose for half an hour.",
+                        "runbookAnchor": "astrobiothroughputdrop",
+                    }
+                },
+            }
+        }
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    after = rules_spec(render([path]))
+    assert [g["name"] for g in after["groups"]] == ["astrobio-train.training"]
+    rules = {r["alert"]: r for r in after["groups"][0]["rules"]}
+    assert all(r["labels"]["team"] == "astro" for r in rules.values())
+    new = rules["AstrobioLossRising"]
+    assert new["expr"] == "deriv(astrobio_train_loss[30m]) > 0"
+    assert (
+        new["annotations"]["summary"]
+        == "Loss rising in {{ $labels.namespace }}/{{ $labels.pytorchjob }} rank {{ $labels.rank }}"
+    )
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(after))
+    proc = promtool("check", "rules", str(rules_file))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_unknown_alert_parameter_fails_the_render(tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(_alert_values("AstrobioGPUMemoryNearFull", expr="x > ${ratioo}")))
+    proc = helm(*template_args([path]), check=False)
+    assert proc.returncode != 0 and "AstrobioGPUMemoryNearFull: no parameter for ${ratioo}" in proc.stderr
+
+
+def test_every_component_has_evaluation_panels() -> None:
+    """components.json: a row per trainable component with its evaluation-loss queries (the only evaluation
+    gauge the trainer exports; report metrics are named in the panel descriptions as not exported)."""
+    board = json.loads((CHART / "dashboards" / "components.json").read_text())
+    presets = yaml.safe_load((CHART / "values.yaml").read_text())["jobs"]
+    components = {job["component"] for job in presets.values()}
+    assert components >= {"planets", "llm", "graph-vae", "spectrum", "datacube"}
+    for component in components:
+        exprs = [
+            t["expr"] for p in board["panels"] for t in p.get("targets", []) if f'component="{component}"' in t["expr"]
+        ]
+        assert any("astrobio_eval_loss" in e for e in exprs), component

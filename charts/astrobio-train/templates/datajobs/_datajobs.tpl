@@ -4,12 +4,118 @@
 {{- range $name, $entry := .Values.dataJobs -}}
 {{- $job := include "astrobio.mergeEntry" (dict "defaults" $.Values.dataJobDefaults "entry" $entry) | fromYaml -}}
 {{- if $job.enabled -}}
-{{- if not $job.schedule -}}
+{{- if and (eq $job.kind "CronJob") (not $job.schedule) -}}
 {{- fail (printf "dataJobs.%s.schedule is required" $name) -}}
+{{- end -}}
+{{- if and (eq $job.kind "Job") $job.schedule -}}
+{{- fail (printf "dataJobs.%s.schedule is set but kind is Job (a one-off run): use kind CronJob" $name) -}}
 {{- end -}}
 {{- $_ := set $job "source" (default $name $job.source) -}}
 {{- $_ := set $out $name $job -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml $out -}}
+{{- end -}}
+
+{{/* a data job's Job spec (the CronJob's jobTemplate.spec, or a Job's spec): dict "root" $ "job" $job */}}
+{{- define "astrobio.dataJobSpec" -}}
+{{- if eq $.job.kind "Job" }}
+completions: {{ $.job.completions }}
+parallelism: {{ $.job.parallelism }}
+completionMode: {{ $.job.completionMode }}
+{{- end }}
+backoffLimit: {{ $.job.backoffLimit }}
+activeDeadlineSeconds: {{ $.job.activeDeadlineSeconds }}
+ttlSecondsAfterFinished: {{ $.job.ttlSecondsAfterFinished }}
+# exit 1 (upstream down after retries) and 2 (bad config or data) do not improve on a retry
+podFailurePolicy:
+  rules:
+    - action: FailJob
+      onExitCodes:
+        containerName: datajob
+        operator: In
+        values: [1, 2]
+    - action: Ignore
+      onPodConditions:
+        - type: DisruptionTarget
+          status: "True"
+template:
+  metadata:
+    labels:
+      {{- include "astrobio.labels" $.root | nindent 6 }}
+      app.kubernetes.io/component: datajob
+      astrobio.io/source: {{ $.job.source }}
+    {{- with $.job.podAnnotations }}
+    annotations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+  spec:
+    restartPolicy: Never
+    serviceAccountName: {{ include "astrobio.serviceAccountName" $.root }}
+    automountServiceAccountToken: {{ $.root.Values.serviceAccount.automountToken }}
+    enableServiceLinks: false
+    securityContext:
+      {{- include "astrobio.podSecurityContext" $.root | nindent 6 }}
+    {{- with $.root.Values.imagePullSecrets }}
+    imagePullSecrets:
+      {{- range . }}
+      - name: {{ if kindIs "string" . }}{{ . }}{{ else }}{{ .name }}{{ end }}
+      {{- end }}
+    {{- end }}
+    {{- with $.job.nodeSelector }}
+    nodeSelector:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with $.job.tolerations }}
+    tolerations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with $.job.affinity }}
+    affinity:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    containers:
+      - name: datajob
+        image: {{ include "astrobio.image" (dict "image" $.root.Values.images.datajobs "root" $.root) }}
+        imagePullPolicy: {{ $.root.Values.images.datajobs.pullPolicy }}
+        command: [astrobio-data]
+        args:
+          - run
+          - {{ $.job.source }}
+          - --root
+          - {{ $.root.Values.storage.dataRoot | quote }}
+          {{- range $.job.extraArgs }}
+          - {{ . | quote }}
+          {{- end }}
+        env:
+          {{- include "astrobio.storageEnv" $.root | nindent 10 }}
+          {{- with $.root.Values.monitoring.pushgatewayUrl }}
+          - name: PUSHGATEWAY_URL
+            value: {{ . | quote }}
+          {{- end }}
+          {{- with $.job.extraEnv }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        {{- with $.job.resources }}
+        resources:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+        securityContext:
+          {{- include "astrobio.containerSecurityContext" $.root | nindent 10 }}
+        volumeMounts:
+          - name: tmp
+            mountPath: /tmp
+          {{- if include "astrobio.dataOnPvc" $.root }}
+          - name: data
+            mountPath: {{ $.root.Values.storage.pvc.mountPath }}
+          {{- end }}
+    volumes:
+      - name: tmp
+        emptyDir:
+          sizeLimit: {{ $.job.tmpSize }}
+      {{- if include "astrobio.dataOnPvc" $.root }}
+      - name: data
+        persistentVolumeClaim:
+          claimName: {{ include "astrobio.pvcName" $.root }}
+      {{- end }}
 {{- end -}}
