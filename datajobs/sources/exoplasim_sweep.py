@@ -455,7 +455,7 @@ def build(ctx: Context) -> Product | None:
                              "flux", "stars", "synchronous_share", "rotation_days", "synchronous_rotation_days",
                              "pressure_bar", "pco2_bar", "gravity", "radius", "aquaplanet_share"})}}
     notes = [f"{len(metas)} of {cfg.runs} design runs finished; {len(failures)} failed (listed in the manifest).",
-             f"This call took {wall:.0f} s; runs already in the cache were reused."]
+             "Runs already in the cache are reused; the manifest records this call's wall time (sweep_wall_s)."]
     return product_of(metas, fields, source,
                       [f"ExoPlaSim {EXOPLASIM_VERSION} runs made by this job (T21, 10 levels), Sobol design"],
                       notes, {"failed": failures, "sweep_wall_s": round(wall, 1)})
@@ -475,10 +475,64 @@ def _from_snapshot(ctx: Context) -> Product:
                       {"failed": [], "snapshot_settings": index.get("settings")})
 
 
+# -- the bundled snapshot ------------------------------------------------------------------------
+EXAMPLES = {  # the two runs of ../shared/data/climate/exoplasim_sample_runs (settings from its PROVENANCE.md)
+    "earth_t21_year1_monthly.nc": {
+        "id": "example-earth", "params": {"flux": 1367.0, "star": "sun", "synchronous": False,
+                                          "rotation_period": 1.0, "pressure": 1.011, "pco2": None,
+                                          "gravity": 9.80665, "radius": 1.0, "aquaplanet": False},
+        "settings": {"exoplasim_version": EXOPLASIM_VERSION, "note": "Earth defaults, 1st model year, 45-min step, "
+                     "50 m mixed layer, obliquity 23.44, ozone on; 12 monthly means kept as 4 seasonal means"}},
+    "trappist1e_like_t21_year1_monthly.nc": {
+        "id": "example-trappist1e", "params": {"flux": 900.0, "star": "trap", "synchronous": True,
+                                               "rotation_period": 6.1, "pressure": 1.0004, "pco2": 4e-4,
+                                               "gravity": 9.12, "radius": 0.92, "aquaplanet": True},
+        "settings": {"exoplasim_version": EXOPLASIM_VERSION, "note": "startemp 2709 K, trap.dat, substellar lon "
+                     "180, year 6.1 d, 5 m mixed layer, ozone off, 30-min step, physicsfilter gp|exp|sp; 1st model "
+                     "year; 12 monthly means kept as 4 seasonal means"}},
+}
+
+
+def bundle(cache: Path, examples: Path | None, out: Path, notes: list[str]) -> int:
+    """Write the compact snapshot (float16 fields, runs.json) from finished cache runs and the example runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for rid, meta in finished_runs(cache).items():
+        with np.load(cache / rid / "fields.npz", allow_pickle=False) as z:
+            fields = {k: z[k] for k in z.files}
+        meta = {**meta, "kind": "sweep", "params": {**meta["params"],
+                                                     "star_wien_teff": star_wien_teff(meta["params"]["star"])}}
+        _write_npz(out / f"{rid}.npz", {k: v.astype(np.float16) for k, v in fields.items()})
+        runs.append(meta)
+    for name, info in EXAMPLES.items() if examples else ():
+        import netCDF4
+
+        with netCDF4.Dataset(examples / name) as nc:
+            raw = {v: np.asarray(nc.variables[v][:], dtype=np.float32) for v in (*VARIABLES_2D, *VARIABLES_3D)
+                   if v in nc.variables}
+            coords = {c: np.asarray(nc.variables[c][:], dtype=np.float64).tolist() for c in ("lat", "lon", "lev")}
+            lsm = np.asarray(nc.variables["lsm"][:], dtype=np.float32)[0]
+        raw["ntr"] = raw["rst"] + raw["rlut"]
+        seasonal = {k: v.reshape(4, 3, *v.shape[1:]).mean(axis=1) for k, v in raw.items()}
+        _write_npz(out / f"{info['id']}.npz", {**{k: v.astype(np.float16) for k, v in seasonal.items()},
+                                               "lsm": lsm.astype(np.float16)})
+        runs.append({**info, "kind": "example", "coords": coords, "params": {
+            **info["params"], "star_wien_teff": star_wien_teff(info["params"]["star"])}, "source_file": name})
+    index = {"runs": runs, "notes": notes}
+    _write_bytes(out / "runs.json", (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
+    return len(runs)
+
+
 def main(argv: list[str]) -> int:
-    """Worker entry point: run the design point described by the JSON spec file argv[0]."""
-    spec = json.loads(Path(argv[0]).read_text())
-    execute(spec)
+    """Worker entry point: run the design point described by the JSON spec file argv[0].
+
+    `bundle CACHE_DIR EXAMPLES_DIR OUT_DIR NOTES_FILE` writes the bundled snapshot instead.
+    """
+    if argv[0] == "bundle":
+        notes = Path(argv[4]).read_text().splitlines() if len(argv) > 4 else []
+        print(f"{bundle(Path(argv[1]), Path(argv[2]), Path(argv[3]), notes)} runs bundled")
+        return 0
+    execute(json.loads(Path(argv[0]).read_text()))
     return 0
 
 
