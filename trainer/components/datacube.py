@@ -60,6 +60,7 @@ class DatacubeModelConfig(ModelConfig):
     min_runs: int = Field(4, gt=0, description="fewer usable runs than this stops the run")
     gp_components: int = Field(5, gt=0, description="PCA components of the PCA + GP baseline")
     learning_curve_steps: int = Field(150, ge=0, description="training steps per learning-curve point (0: none)")
+    ebm_baseline: bool = Field(True, description="run climlab's seasonal EBM baseline in the report")
 
 
 def split_of(run: str, seed: int, val: float, test: float) -> str:

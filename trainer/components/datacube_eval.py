@@ -119,16 +119,16 @@ def report(comp: DatacubeComponent, model: nn.Module, device: torch.device) -> l
 
     # climlab EBM: zonal-mean surface temperature only
     zonal_truth = truth[:, i_ts].mean(-1)
-    ebm = np.array([ebm_zonal_ts(r["flux"], comp.lat) for r in test_rows])
     zl = ["", "### Zonal-mean surface temperature", "", "| predictor | zonal-mean Ts RMSE [K] |", "|---|---|"]
     def zonal_rmse(zonal: np.ndarray) -> float:
         return float(np.mean([np.sqrt((zonal[j] - zonal_truth[j]) ** 2 @ w) for j in range(len(test))]))
 
     for label, p in preds.items():
         zl.append(f"| {label} | {zonal_rmse(p[:, i_ts].mean(-1)):.2f} |")
-    ebm_rmse = zonal_rmse(ebm)
-    zl.append(f"| climlab EBM_seasonal (Earth D, A, B; S0 = flux; zero obliquity) | {ebm_rmse:.2f} |")
-    metrics["ebm_zonal_ts_rmse"] = ebm_rmse
+    if comp.model_cfg.ebm_baseline:
+        ebm_rmse = zonal_rmse(np.array([ebm_zonal_ts(r["flux"], comp.lat) for r in test_rows]))
+        zl.append(f"| climlab EBM_seasonal (Earth D, A, B; S0 = flux; zero obliquity) | {ebm_rmse:.2f} |")
+        metrics["ebm_zonal_ts_rmse"] = ebm_rmse
     lines += zl
 
     # derived habitability quantities
