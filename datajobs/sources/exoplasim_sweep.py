@@ -351,6 +351,18 @@ def sweep(cfg: Config, log) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
     return [done[i] for i, _ in points if i in done], failures, time.time() - started
 
 
+def nearest_finished(params: dict[str, Any], settings: dict[str, Any], done: dict[str, dict[str, Any]],
+                     cfg: Config) -> str | None:
+    """The finished run (same settings, rotation regime and surface type) nearest in scaled parameters."""
+    same = {k: m for k, m in done.items() if m["settings"] == settings
+            and m["params"]["synchronous"] == params["synchronous"]
+            and m["params"]["aquaplanet"] == params["aquaplanet"]}
+    if not same:
+        return None
+    here = unit_coords(params, cfg)
+    return min(same, key=lambda k: float(np.linalg.norm(unit_coords(same[k]["params"], cfg) - here)))
+
+
 def _raise_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -359,13 +371,7 @@ def _launch(rid: str, params: dict[str, Any], settings: dict[str, Any], cache: P
             done: dict[str, dict[str, Any]], cfg: Config) -> tuple[subprocess.Popen, float, Path]:
     partial = cache / f".partial-{rid}-{uuid.uuid4().hex[:8]}"
     partial.mkdir()
-    same = {k: m for k, m in done.items() if m["settings"] == settings
-            and m["params"]["synchronous"] == params["synchronous"]
-            and m["params"]["aquaplanet"] == params["aquaplanet"]}
-    warm = None
-    if same:
-        here = unit_coords(params, cfg)
-        warm = min(same, key=lambda k: float(np.linalg.norm(unit_coords(same[k]["params"], cfg) - here)))
+    warm = nearest_finished(params, settings, done, cfg)
     spec = {"id": rid, "params": params, "settings": settings, "partial_dir": str(partial),
             "final_dir": str(cache / rid), "warm_from": warm,
             "restart": str(cache / warm / "restart") if warm else None}
