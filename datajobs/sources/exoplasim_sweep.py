@@ -21,6 +21,7 @@ that compiles its Fortran core with gfortran at first use; it is invoked, never 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -43,7 +44,7 @@ from pydantic import Field
 
 from datajobs.card import card
 from datajobs.config import SourceConfig
-from datajobs.errors import DataError, MissingExtraError
+from datajobs.errors import AstrobioError, DataError, MissingExtraError
 from datajobs.job import Context, Product, snapshot_path
 from datajobs.store import Shard
 
@@ -326,8 +327,7 @@ def sweep(cfg: Config, log) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
                 if proc.poll() is None and not timed_out:
                     continue
                 if timed_out:
-                    proc.kill()
-                    proc.wait()
+                    _kill_group(proc)
                 del running[rid]
                 if (cache / rid / "meta.json").exists():
                     log.info("run finished", extra={"run": rid, "wall_s": round(time.time() - t0, 1)})
@@ -341,14 +341,23 @@ def sweep(cfg: Config, log) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
                                      "log_tail": tail[-1][:300] if tail else "", "log": str(kept)})
                     log.warning("run failed", extra={"run": rid, "why": why, "log": str(kept)})
                 shutil.rmtree(partial, ignore_errors=True)
+    except KeyboardInterrupt:
+        kept = len(finished_runs(cache))
+        raise SweepInterrupted(f"exoplasim-sweep interrupted: {kept} finished runs kept in {cache}; rerun "
+                               "`astrobio-data run exoplasim-sweep` with the same config to continue") from None
     finally:
-        for proc, _, partial in running.values():  # interrupted: stop the children, keep what finished
-            proc.kill()
-            proc.wait()
+        for proc, _, partial in running.values():  # interrupted: stop the runs, keep what finished
+            _kill_group(proc)
             shutil.rmtree(partial, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
     done = finished_runs(cache)
     return [done[i] for i, _ in points if i in done], failures, time.time() - started
+
+
+class SweepInterrupted(AstrobioError):
+    """SIGTERM/SIGINT: running runs were stopped, finished runs stay cached (exit 143)."""
+
+    exit_code = 143
 
 
 def nearest_finished(params: dict[str, Any], settings: dict[str, Any], done: dict[str, dict[str, Any]],
@@ -361,6 +370,13 @@ def nearest_finished(params: dict[str, Any], settings: dict[str, Any], done: dic
         return None
     here = unit_coords(params, cfg)
     return min(same, key=lambda k: float(np.linalg.norm(unit_coords(same[k]["params"], cfg) - here)))
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill a run's worker and the model executable it started (ExoPlaSim runs it through a shell)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _raise_interrupt(signum: int, _frame: Any) -> None:
@@ -378,7 +394,8 @@ def _launch(rid: str, params: dict[str, Any], settings: dict[str, Any], cache: P
     (partial / "spec.json").write_text(json.dumps(spec, indent=2))
     log_file = open(partial / "worker.log", "wb")  # noqa: SIM115 - the child owns it until it exits
     proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(partial / "spec.json")],
-                            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            start_new_session=True)  # its own process group: the Fortran model dies with it
     log_file.close()
     return proc, time.time(), partial
 

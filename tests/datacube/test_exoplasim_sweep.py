@@ -37,6 +37,13 @@ def _finished(cache: Path) -> dict[str, bytes]:
             if d.is_dir() and (d / "meta.json").exists()}
 
 
+def _points_into(link: Path, folder: Path) -> bool:
+    try:
+        return str(link.readlink()).startswith(str(folder))
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # four tiny GCM runs: ~2 min on 2 idle cores, far longer on a shared machine
 def test_real_sweep_records_caches_and_survives_a_kill(tmp_path):
@@ -81,7 +88,9 @@ def test_real_sweep_records_caches_and_survives_a_kill(tmp_path):
         time.sleep(0.2)
     assert list(cache.glob(".partial-*")), "the third run never started"
     bigger.send_signal(signal.SIGTERM)
-    assert bigger.wait(timeout=60) != 0
+    assert bigger.wait(timeout=60) == 143
+    time.sleep(1)
+    assert not [p for p in Path("/proc").glob("[0-9]*/cwd") if _points_into(p, cache)], "a model process survived"
     assert _finished(cache) == before
     resumed = _cli("run", "exoplasim-sweep", "--config", str(_config(tmp_path, 3)), "--root", root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
