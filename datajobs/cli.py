@@ -60,6 +60,8 @@ def _show(store: Store, ref: str, card: bool) -> None:
         print(version.read_bytes(CARD_SHARD).decode(), end="")
     else:
         print(json.dumps(version.manifest, indent=2, sort_keys=True))
+        if "run_count" in version.manifest:  # simulation sweeps: how many runs this version holds
+            print(f"{version.manifest['run_count']} runs")
 
 
 def _verify(store: Store, ref: str) -> None:
