@@ -4,7 +4,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 TOOLS := $(CURDIR)/.tools/bin
-EXTRAS ?= train,s3,wandb,tensorboard,graph,chem,science,text,lora,deepspeed,gpu,tune,test
+EXTRAS ?= train,s3,wandb,tensorboard,graph,chem,science,text,climate,lora,deepspeed,gpu,tune,test
 # torch must come from the CPU wheel: a local wheel folder (PIP_FIND_LINKS) when the machine has one,
 # else PyTorch's CPU index. Installing it first keeps pip from pulling CUDA packages.
 TORCH_SPEC := torch==2.13.0
@@ -27,7 +27,7 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed  ## create .venv with the whole stack (CPU torch first)
 
-tools:  ## install what the tests talk to: helm, promtool/prometheus, pushgateway, Ceph RGW (S3), PostgreSQL
+tools:  ## install what the tests talk to: helm, promtool/prometheus, pushgateway, Ceph RGW (S3), PostgreSQL, gfortran
 	bash tests/tools/install-all.sh $(CURDIR)/.tools
 
 train: venv  ## import the bundled real snapshots and train the planets model on CPU
