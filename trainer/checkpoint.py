@@ -1,16 +1,22 @@
-"""Checkpoints through torch.distributed.checkpoint: atomic step folders, keep-last-K, best weights.
+"""Checkpoints through torch.distributed.checkpoint: verified atomic step folders, keep-last-K, best weights.
 
 A checkpoint folder `checkpoints/step-00000042/` holds the DCP shards of model and optimizer (any
 strategy: single process, DDP, FSDP2), `trainer_state.json` (step, data position, scheduler, early
-stopping, lineage) and `rng-rank<R>.npz` per rank. It is written under `.tmp-step-…` and renamed once
-every rank has finished, so a killed job never leaves a half checkpoint that resume would pick up.
+stopping, lineage), `rng-rank<R>.npz` per rank and, written last, `manifest.json` (size and sha256 of every
+other file). It is written under `.tmp-step-…`; once every rank has finished, rank 0 fsyncs the files and
+folders, writes the manifest and renames the folder. Resume verifies the newest checkpoint against its
+manifest and falls back to the newest one that verifies, so a killed job, a flipped bit or a truncated
+shard never silently changes a run.
 Our payloads load without unpickling objects: DCP entries with weights_only=True, JSON, npz
 (allow_pickle=False). The one exception is DCP's own `.metadata` index, which torch writes and reads with pickle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import random
 import shutil
 import time
@@ -32,11 +38,14 @@ from torch.distributed.checkpoint.state_dict import (
 
 from datajobs.errors import DataError
 from trainer import deepspeed_engine
-from trainer.distributed import DistEnv, barrier
+from trainer.distributed import DistEnv, barrier, sum_over_ranks
+
+log = logging.getLogger("astrobio.train")
 
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -113,6 +122,71 @@ def step_dir_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:08d}"
 
 
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file, then every folder (deepest first), so names and contents survive a power loss."""
+    for path in _files(folder):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for d in [*sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), folder]:
+        fsync_dir(d)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path, step: int) -> None:
+    """Size and sha256 of every file of the folder, written (atomically, fsynced) after all of them."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(folder)}
+    tmp = folder / f".{MANIFEST}.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"step": step, "files": files}, indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.rename(folder / MANIFEST)
+    fsync_dir(folder)
+
+
+def verify(folder: Path) -> str | None:
+    """None when every file of the manifest is there with its size and sha256, else what is wrong (one phrase)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (the write did not finish or the manifest was deleted)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{MANIFEST} is unreadable ({exc})"
+    if STATE_FILE not in files:
+        return f"{MANIFEST} does not list {STATE_FILE}"
+    for name, entry in files.items():
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != entry["size"]:
+            return f"{name} has {size} bytes, the manifest says {entry['size']}"
+        if _sha256(path) != entry["sha256"]:
+            return f"{name} does not match its sha256 in {MANIFEST}"
+    return None
+
+
 class Checkpointer:
     """Saves and restores training state under `<run>/checkpoints`, and best weights under `<run>/best`."""
 
@@ -127,14 +201,42 @@ class Checkpointer:
                 shutil.rmtree(stale, ignore_errors=True)  # left by a job killed while saving
         barrier(env)
 
-    def complete(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
-        found = [p for p in self.root.glob(f"{STEP_PREFIX}*") if (p / STATE_FILE).is_file()]  # written last
+    def folders(self) -> list[Path]:
+        """Every step folder (renamed from its temp name once written), oldest first."""
+        found = [p for p in self.root.glob(f"{STEP_PREFIX}*") if p.is_dir()]
         return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+    def complete(self) -> list[Path]:
+        """Checkpoints with a manifest (not hashed here), oldest first."""
+        return [p for p in self.folders() if (p / MANIFEST).is_file()]
 
     def latest(self) -> Path | None:
         done = self.complete()
         return done[-1] if done else None
+
+    def resume_point(self) -> Path | None:
+        """The newest checkpoint that verifies (rank 0 hashes, every rank gets the answer); None: start fresh.
+
+        Each newer checkpoint that fails verification is named in one warning; when there are checkpoints
+        but none verifies, a DataError (exit 2) names the folder.
+        """
+        step = -1.0
+        if self.env.is_main:
+            folders = self.folders()
+            for path in reversed(folders):
+                problem = verify(path)
+                if problem is None:
+                    step = float(int(path.name[len(STEP_PREFIX):]))
+                    break
+                log.warning("checkpoint %s is damaged (%s); trying the one before", path, problem)
+            else:
+                step = -2.0 if folders else -1.0
+        (step,) = sum_over_ranks([step if self.env.is_main else 0.0], self.env)
+        if step == -2:
+            raise DataError(f"no checkpoint in {self.root} verifies against its manifest; run `astrobio-train "
+                            f"checkpoints verify {self.root.parent}` to see why, or start a new run "
+                            f"(logging.run_name)")
+        return None if step < 0 else self.root / step_dir_name(int(step))
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState) -> tuple[Path, float]:
         """Write a checkpoint collectively; returns its folder and the seconds it took."""
@@ -155,10 +257,13 @@ class Checkpointer:
         barrier(self.env)
         if self.env.is_main:
             (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
-            if final.exists():
+            fsync_tree(tmp)
+            write_manifest(tmp, state.step)
+            if final.exists():  # a damaged checkpoint of this step that resume skipped
                 shutil.rmtree(final)
             tmp.rename(final)
-            for old in self.complete()[: -self.keep_last]:
+            fsync_dir(self.root)
+            for old in self.folders()[: -self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier(self.env)
         return final, time.perf_counter() - started

@@ -123,11 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("components", help="list the trainable components")
     p.set_defaults(func=cmd_components)
 
+    from trainer.checkpoint_cmd import add_checkpoints_parser
     from trainer.generate import add_generate_parser
     from trainer.lora import add_export_parser
     from trainer.planner import add_plan_parser
 
-    for add in (add_plan_parser, add_generate_parser, add_export_parser):
+    for add in (add_plan_parser, add_generate_parser, add_export_parser, add_checkpoints_parser):
         add(sub)
     return parser
 

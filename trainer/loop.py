@@ -173,7 +173,7 @@ class Trainer:
                               cfg.train.max_steps, cfg.model_dump(mode="json"))
         state = TrainerState(world_size=env.world_size, micro_batch_size=cfg.data.batch_size,
                              lineage=data.lineage, config_digest=cfg.digest())
-        latest = ckpt.latest() if cfg.checkpoint.resume else None
+        latest = ckpt.resume_point() if cfg.checkpoint.resume else None
         if latest is not None:
             state = ckpt.load(latest, model, optimizer)
             if state.micro_batch_size != cfg.data.batch_size:
@@ -181,7 +181,7 @@ class Trainer:
                                   f"{cfg.data.batch_size}: the data position would not match; keep it or "
                                   f"start a new run (logging.run_name)")
             scheduler.load_state_dict(state.scheduler)
-            telemetry.on_resume(state.step)
+            telemetry.on_resume(state.step, latest)
         self.stop.install()
         try:
             return self._run(model, optimizer, scheduler, data, ckpt, telemetry, state)

@@ -169,10 +169,10 @@ class Telemetry:
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
 
-    def on_resume(self, step: int) -> None:
+    def on_resume(self, step: int, path: Path) -> None:
         self.prom.resumes.inc()
         if self.is_main:
-            log.info("resumed from step %d", step)
+            log.info("resumed from step %d (%s, verified against its manifest)", step, path)
 
     def on_step(self, rec: StepRecord) -> None:
         p, now = self.prom, time.time()
