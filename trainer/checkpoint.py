@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -38,7 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from datajobs.errors import DataError
 from trainer import deepspeed_engine
-from trainer.distributed import DistEnv, barrier, sum_over_ranks
+from trainer.distributed import DistEnv, any_rank, barrier, sum_over_ranks
 
 log = logging.getLogger("astrobio.train")
 
@@ -46,6 +47,35 @@ STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 STATE_FILE = "trainer_state.json"
 MANIFEST = "manifest.json"
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """What a failed write raises: OSError (full disk, EFBIG, EIO, permissions), DCP's CheckpointException
+    (a BaseException wrapping each rank's error) and, when botocore is installed, S3 client errors."""
+    errors: tuple[type[BaseException], ...] = (OSError, CheckpointException)
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return errors
+    return (*errors, BotoCoreError, ClientError)
+
+
+WRITE_ERRORS = _write_errors()
+
+
+class CheckpointWriteError(Exception):
+    """A checkpoint could not be written on some rank; raised on every rank, the temp folder is removed."""
+
+
+def describe_write_error(exc: BaseException) -> str:
+    """One line: the first rank's error of a CheckpointException, else the error itself."""
+    if isinstance(exc, CheckpointException) and exc.failures:
+        rank, (inner, _) = next(iter(sorted(exc.failures.items())))
+        exc = inner
+        where = f"rank {rank}: "
+    else:
+        where = ""
+    return f"{where}{type(exc).__name__}: {exc}".replace("\n", " ")
 
 
 @dataclass
@@ -239,14 +269,40 @@ class Checkpointer:
         return None if step < 0 else self.root / step_dir_name(int(step))
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState) -> tuple[Path, float]:
-        """Write a checkpoint collectively; returns its folder and the seconds it took."""
+        """Write a checkpoint collectively; returns its folder and the seconds it took.
+
+        A write error on any rank raises CheckpointWriteError on every rank (the ranks agree after each
+        phase, so none is left waiting in a collective) and removes the temp folder.
+        """
         started = time.perf_counter()
         final = self.root / step_dir_name(state.step)
         tmp = self.root / f"{TMP_PREFIX}{final.name}"
+        try:
+            self._phase(lambda: self._make_tmp(tmp))
+            self._phase(lambda: self._write_shards(model, optimizer, tmp))
+            self._phase(lambda: self._finish(tmp, final, state))
+        except CheckpointWriteError:
+            if self.env.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final, time.perf_counter() - started
+
+    def _phase(self, write) -> None:
+        problem = ""
+        try:
+            write()
+        except WRITE_ERRORS as exc:
+            problem = describe_write_error(exc)
+        (failed,) = any_rank([bool(problem)], self.env)  # also the barrier between phases
+        if failed:
+            raise CheckpointWriteError(problem or "the write failed on another rank")
+
+    def _make_tmp(self, tmp: Path) -> None:
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        barrier(self.env)
+
+    def _write_shards(self, model: nn.Module, optimizer: torch.optim.Optimizer, tmp: Path) -> None:
         if deepspeed_engine.is_engine(model):
             deepspeed_engine.save(model, tmp)
         else:
@@ -254,19 +310,19 @@ class Checkpointer:
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp),
                      no_dist=not self.env.is_distributed)
         np.savez(tmp / f"rng-rank{self.env.rank}.npz", **_rng_state())
-        barrier(self.env)
-        if self.env.is_main:
-            (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
-            fsync_tree(tmp)
-            write_manifest(tmp, state.step)
-            if final.exists():  # a damaged checkpoint of this step that resume skipped
-                shutil.rmtree(final)
-            tmp.rename(final)
-            fsync_dir(self.root)
-            for old in self.folders()[: -self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        barrier(self.env)
-        return final, time.perf_counter() - started
+
+    def _finish(self, tmp: Path, final: Path, state: TrainerState) -> None:
+        if not self.env.is_main:
+            return
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+        fsync_tree(tmp)
+        write_manifest(tmp, state.step)
+        if final.exists():  # a damaged checkpoint of this step that resume skipped
+            shutil.rmtree(final)
+        tmp.rename(final)
+        fsync_dir(self.root)
+        for old in self.folders()[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainerState:
         """Restore model, optimizer and this rank's RNG from a complete checkpoint."""

@@ -68,6 +68,8 @@ class CheckpointConfig(Section):
     keep_last: int = Field(3, gt=0, description="complete checkpoints kept; older ones are deleted")
     resume: bool = Field(True, description="resume from the newest complete checkpoint in the run folder")
     save_best: bool = Field(True, description="keep the best validation weights in best/model.safetensors")
+    max_consecutive_failures: int = Field(3, gt=0, description="checkpoint writes failing in a row before the "
+                                          "run stops with exit 4 (each failure is logged and counted)")
 
 
 class LoggingConfig(Section):

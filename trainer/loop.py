@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Subset
 
 from datajobs.errors import AstrobioError, ConfigError
 from trainer import deepspeed_engine, distributed, parallelize
-from trainer.checkpoint import Checkpointer, TrainerState
+from trainer.checkpoint import WRITE_ERRORS, Checkpointer, CheckpointWriteError, TrainerState, describe_write_error
 from trainer.components.base import Component, ComponentData, move_to_device
 from trainer.config import RunConfig
 from trainer.data.sampler import ResumableBatchSampler, eval_indices
@@ -36,6 +36,12 @@ class Divergence(AstrobioError):
     """Non-finite loss or gradient norm: the step was not applied and nothing was saved after it."""
 
     exit_code = 3
+
+
+class CheckpointsFailing(AstrobioError):
+    """checkpoint.max_consecutive_failures checkpoint writes in a row failed: stop rather than train unsaved."""
+
+    exit_code = 4
 
 
 class Preempted(AstrobioError):
@@ -107,6 +113,7 @@ class Trainer:
         self.run_dir = run_dir
         self.env = env
         self.stop = StopFlag()
+        self.failed_saves = 0  # checkpoint writes failed in a row
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained model's full weights on CPU (gathered from shards where the strategy shards)."""
@@ -257,7 +264,7 @@ class Trainer:
             if preempted or stopped_early or at_end or state.step % cfg.checkpoint.every_steps == 0:
                 self._save(model, optimizer, scheduler, ckpt, telemetry, state)
             if preempted:
-                raise Preempted(f"preempted at step {state.step}; checkpoint written to {ckpt.latest()}")
+                raise Preempted(f"preempted at step {state.step}; newest checkpoint: {ckpt.latest()}")
             if stopped_early:
                 break
         return RunResult(self.run_dir, state.step, stopped_early, state.best_metric, state.best_step, state.lineage)
@@ -289,7 +296,10 @@ class Trainer:
             state.best_metric, state.best_step = value, state.step
             state.evals_without_improvement = 0
             if self.cfg.checkpoint.save_best:
-                ckpt.save_best(model, state.step, "val_loss", value)
+                try:
+                    ckpt.save_best(model, state.step, "val_loss", value)
+                except WRITE_ERRORS as exc:
+                    telemetry.on_checkpoint_failure(state.step, f"best weights: {describe_write_error(exc)}")
         else:
             state.evals_without_improvement += 1
         patience = self.cfg.train.early_stopping_patience
@@ -297,13 +307,22 @@ class Trainer:
 
     def _save(self, model, optimizer, scheduler, ckpt: Checkpointer, telemetry: Telemetry,
               state: TrainerState) -> None:
+        """Checkpoint; a failed write is one line and a count, and training goes on until too many in a row."""
         state.scheduler = scheduler.state_dict()
         try:
             path, seconds = ckpt.save(model, optimizer, state)
-        except OSError as exc:
-            telemetry.on_checkpoint(state.step, None)
-            log.error("checkpoint at step %d failed: %s", state.step, exc)
+        except CheckpointWriteError as exc:
+            self.failed_saves += 1
+            limit = self.cfg.checkpoint.max_consecutive_failures
+            telemetry.on_checkpoint_failure(state.step, f"{exc} ({self.failed_saves} in a row, limit {limit})",
+                                            continues=self.failed_saves < limit)
+            if self.failed_saves >= limit:
+                raise CheckpointsFailing(
+                    f"{self.failed_saves} checkpoint writes in a row failed, the last at step {state.step}: {exc}; "
+                    f"free space or fix {ckpt.root}, then rerun to resume from {ckpt.latest() or 'the start'}"
+                ) from None
             return
+        self.failed_saves = 0
         telemetry.on_checkpoint(state.step, seconds)
         if self.env.is_main:
             log.debug("checkpoint %s in %.2fs", path, seconds)

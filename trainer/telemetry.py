@@ -233,12 +233,17 @@ class Telemetry:
         if self.is_main and self.cfg.console:
             log.info("eval step %d %s", step, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
-    def on_checkpoint(self, step: int, seconds: float | None) -> None:
-        if seconds is None:
-            self.prom.ckpt_failures.inc()
-            return
+    def on_checkpoint(self, step: int, seconds: float) -> None:
         self.prom.ckpt_seconds.observe(seconds)
         self._write({"kind": "checkpoint", "step": step, "time": time.time(), "seconds": seconds})
+
+    def on_checkpoint_failure(self, step: int, problem: str, continues: bool = True) -> None:
+        """One error line (rank 0) and one count."""
+        self.prom.ckpt_failures.inc()
+        self._write({"kind": "checkpoint", "step": step, "time": time.time(), "failed": problem})
+        if self.is_main:
+            log.error("checkpoint at step %d failed: %s; %s", step, problem,
+                      "training continues" if continues else "stopping")
 
     def on_nonfinite(self, step: int, kind: str) -> None:
         self.prom.nonfinite[kind].inc()
