@@ -3,7 +3,7 @@
 A checkpoint folder `checkpoints/step-00000042/` holds the DCP shards of model and optimizer (any
 strategy: single process, DDP, FSDP2), `trainer_state.json` (step, data position, scheduler, early
 stopping, lineage), `rng-rank<R>.npz` per rank and, written last, `manifest.json` (size and sha256 of every
-other file). It is written under `.tmp-step-…`; once every rank has finished, rank 0 fsyncs the files and
+other file). It is written under `.tmp-<lease holder>-step-…`; once every rank has finished, rank 0 fsyncs the files and
 folders, writes the manifest and renames the folder. Resume verifies the newest checkpoint against its
 manifest and falls back to the newest one that verifies, so a killed job, a flipped bit or a truncated
 shard never silently changes a run.
@@ -220,15 +220,19 @@ def verify(folder: Path) -> str | None:
 class Checkpointer:
     """Saves and restores training state under `<run>/checkpoints`, and best weights under `<run>/best`."""
 
-    def __init__(self, run_dir: Path, env: DistEnv, keep_last: int) -> None:
+    def __init__(self, run_dir: Path, env: DistEnv, keep_last: int, holder: str) -> None:
+        """`holder` is the id of the run folder's lease (trainer.lease): it names this run's temp folders, and
+        temp folders of any other holder (dead, since this run holds the lease) are removed."""
         self.root = run_dir / "checkpoints"
         self.best_dir = run_dir / "best"
         self.env = env
         self.keep_last = keep_last
+        self.tmp_prefix = f"{TMP_PREFIX}{holder}-"
         if env.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob(f"{TMP_PREFIX}*"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a job killed while saving
+                if not stale.name.startswith(self.tmp_prefix):
+                    shutil.rmtree(stale, ignore_errors=True)  # left by a holder killed while saving
         barrier(env)
 
     def folders(self) -> list[Path]:
@@ -276,7 +280,7 @@ class Checkpointer:
         """
         started = time.perf_counter()
         final = self.root / step_dir_name(state.step)
-        tmp = self.root / f"{TMP_PREFIX}{final.name}"
+        tmp = self.root / f"{self.tmp_prefix}{final.name}"
         try:
             self._phase(lambda: self._make_tmp(tmp))
             self._phase(lambda: self._write_shards(model, optimizer, tmp))

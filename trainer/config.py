@@ -70,6 +70,8 @@ class CheckpointConfig(Section):
     save_best: bool = Field(True, description="keep the best validation weights in best/model.safetensors")
     max_consecutive_failures: int = Field(3, gt=0, description="checkpoint writes failing in a row before the "
                                           "run stops with exit 4 (each failure is logged and counted)")
+    lease_timeout_seconds: float = Field(60, gt=0, description="a run folder's lease whose heartbeat is older "
+                                         "is taken over (its holder died); a live holder makes a second run exit 2")
 
 
 class LoggingConfig(Section):

@@ -26,6 +26,7 @@ from trainer.components.base import Component, ComponentData, move_to_device
 from trainer.config import RunConfig
 from trainer.data.sampler import ResumableBatchSampler, eval_indices
 from trainer.distributed import DistEnv
+from trainer.lease import Lease, LeaseHeld, LeaseLost, new_holder_id
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.telemetry import StepRecord, Telemetry
 
@@ -114,6 +115,8 @@ class Trainer:
         self.env = env
         self.stop = StopFlag()
         self.failed_saves = 0  # checkpoint writes failed in a row
+        self.lease: Lease | None = None
+        self.holder_id = ""
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained model's full weights on CPU (gathered from shards where the strategy shards)."""
@@ -154,7 +157,34 @@ class Trainer:
         return {"loss": total / max(count, 1.0)}
 
     # -- the loop ------------------------------------------------------------------------------
+    def _take_lease(self) -> Lease | None:
+        """Rank 0 takes the run folder's lease; every rank stops with exit 2 when another run holds it."""
+        env, problem = self.env, ""
+        lease = None
+        if env.is_main:
+            lease = Lease(self.run_dir, self.cfg.checkpoint.lease_timeout_seconds, new_holder_id())
+            try:
+                lease.acquire()
+            except LeaseHeld as exc:
+                problem = str(exc)
+        (held,) = distributed.any_rank([bool(problem)], env)
+        if held:
+            raise LeaseHeld(problem or f"rank 0 could not take the lease on {self.run_dir}")
+        token = int(lease.holder.id, 16) if lease is not None else 0  # 48 bits: exact in float64
+        (token,) = distributed.sum_over_ranks([float(token)], env)
+        self.holder_id = f"{int(token):012x}"
+        return lease
+
     def fit(self) -> RunResult:
+        lease = self._take_lease()
+        self.lease = lease
+        try:
+            return self._fit()
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _fit(self) -> RunResult:
         cfg, env = self.cfg, self.env
         seed_everything(cfg.train.seed)
         data = self.data = self.component.build_data(self.store)
@@ -175,7 +205,7 @@ class Trainer:
         else:
             optimizer = build_optimizer(model, cfg.optim)
             scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
-        ckpt = Checkpointer(self.run_dir, env, cfg.checkpoint.keep_last)
+        ckpt = Checkpointer(self.run_dir, env, cfg.checkpoint.keep_last, self.holder_id)
         telemetry = Telemetry(cfg.logging, self.run_dir, cfg.component, env.rank, env.local_rank, env.device,
                               cfg.train.max_steps, cfg.model_dump(mode="json"))
         state = TrainerState(world_size=env.world_size, micro_batch_size=cfg.data.batch_size,
@@ -260,7 +290,12 @@ class Trainer:
                     log.info("early stopping at step %d: no improvement in %d evaluations", state.step,
                              tc.early_stopping_patience)
             state.stopped_early = stopped_early
-            (preempted,) = distributed.any_rank([self.stop.requested], env)
+            lost = self.lease is not None and self.lease.lost
+            preempted, lost = distributed.any_rank([self.stop.requested, lost], env)
+            if lost:
+                raise LeaseLost(f"the lease on {self.run_dir} was taken over by another run (this run's heartbeat "
+                                f"was older than checkpoint.lease_timeout_seconds): stopped at step {state.step} "
+                                f"without writing")
             if preempted or stopped_early or at_end or state.step % cfg.checkpoint.every_steps == 0:
                 self._save(model, optimizer, scheduler, ckpt, telemetry, state)
             if preempted:
