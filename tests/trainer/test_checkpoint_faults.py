@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -73,3 +74,23 @@ def test_no_verified_checkpoint_exits_2_naming_the_folder(data_root: Path, tmp_p
     last = result.stderr.strip().splitlines()[-1]
     assert f"no checkpoint in {run / 'checkpoints'} verifies" in last
     assert sum("is damaged" in line for line in result.stderr.splitlines()) == 3
+
+
+def test_metrics_after_a_resume_hold_each_step_once_and_a_torn_line_is_repaired(
+        data_root: Path, tmp_path: Path, finished: Path) -> None:
+    """A run stopped at step 25 (injected NaN, exit 3) has records after its step-20 checkpoint, then a line
+    torn as by kill -9 is appended; the rerun keeps records up to 20 once, writes 21-30 once."""
+    stopped = run_cli(planets_args(data_root, tmp_path, *SETTINGS, "train.inject_nan_at_step=25"))
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    metrics = tmp_path / "planets" / "metrics.jsonl"
+    assert max(train_losses(tmp_path / "planets")) == 24
+    with open(metrics, "a") as f:
+        f.write('{"kind": "train", "step": 2')
+    resumed = run_cli(planets_args(data_root, tmp_path, *SETTINGS))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step 20" in resumed.stderr
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line parses
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 31))
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [10, 20, 30]
+    expected = train_losses(finished)
+    assert {r["step"]: r["loss"] for r in records if r["kind"] == "train"} == expected
