@@ -26,20 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
 
 from datajobs.errors import DataError
-from trainer import deepspeed_engine
 from trainer.distributed import DistEnv, any_rank, barrier, sum_over_ranks
+from trainer.engine import Engine, full_state_dict
+from trainer.engine import WeightsOnlyLoadPlanner as WeightsOnlyLoadPlanner  # where trainer.lora imports it
 
 log = logging.getLogger("astrobio.train")
 
@@ -121,19 +114,6 @@ def _set_rng_state(arrays: dict[str, np.ndarray]) -> None:
     np.random.set_state(("MT19937", arrays["numpy_keys"], pos, has_np_gauss, float(arrays["numpy_gauss"][0])))
     if "cuda" in arrays and torch.cuda.is_available():
         torch.cuda.set_rng_state(torch.from_numpy(arrays["cuda"].copy()))
-
-
-class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
-    """DCP's planner, but the non-tensor entries (e.g. optimizer hyper-parameters) load with weights_only=True."""
-
-    def load_bytes(self, read_item, value) -> None:
-        obj = torch.load(value, weights_only=True)
-        if self.flatten_state_dict:
-            from torch.distributed.checkpoint._nested_dict import set_element
-
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = obj
 
 
 def unique_storage(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -272,7 +252,7 @@ class Checkpointer:
                             f"(logging.run_name)")
         return None if step < 0 else self.root / step_dir_name(int(step))
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState) -> tuple[Path, float]:
+    def save(self, engine: Engine, state: TrainerState) -> tuple[Path, float]:
         """Write a checkpoint collectively; returns its folder and the seconds it took.
 
         A write error on any rank raises CheckpointWriteError on every rank (the ranks agree after each
@@ -283,7 +263,7 @@ class Checkpointer:
         tmp = self.root / f"{self.tmp_prefix}{final.name}"
         try:
             self._phase(lambda: self._make_tmp(tmp))
-            self._phase(lambda: self._write_shards(model, optimizer, tmp))
+            self._phase(lambda: self._write_shards(engine, tmp))
             self._phase(lambda: self._finish(tmp, final, state))
         except CheckpointWriteError:
             if self.env.is_main:
@@ -306,13 +286,8 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
 
-    def _write_shards(self, model: nn.Module, optimizer: torch.optim.Optimizer, tmp: Path) -> None:
-        if deepspeed_engine.is_engine(model):
-            deepspeed_engine.save(model, tmp)
-        else:
-            model_sd, optim_sd = get_state_dict(model, optimizer)
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp),
-                     no_dist=not self.env.is_distributed)
+    def _write_shards(self, engine: Engine, tmp: Path) -> None:
+        engine.save(tmp, self.env.is_distributed)
         np.savez(tmp / f"rng-rank{self.env.rank}.npz", **_rng_state())
 
     def _finish(self, tmp: Path, final: Path, state: TrainerState) -> None:
@@ -328,7 +303,7 @@ class Checkpointer:
         for old in self.folders()[: -self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainerState:
+    def load(self, path: Path, engine: Engine) -> TrainerState:
         """Restore model, optimizer and this rank's RNG from a complete checkpoint."""
         state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
         if state.world_size != self.env.world_size:
@@ -337,14 +312,7 @@ class Checkpointer:
                 f"{self.env.world_size}: the data position cannot be resharded; resume with "
                 f"{state.world_size} ranks or start a new run (logging.run_name)"
             )
-        if deepspeed_engine.is_engine(model):
-            deepspeed_engine.load(model, path)
-        else:
-            model_sd, optim_sd = get_state_dict(model, optimizer)
-            target = {"model": model_sd, "optim": optim_sd}
-            dcp.load(target, checkpoint_id=str(path), planner=WeightsOnlyLoadPlanner(),
-                     no_dist=not self.env.is_distributed)
-            set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
+        engine.load(path, self.env.is_distributed)
         rng_file = path / f"rng-rank{self.env.rank}.npz"
         if rng_file.is_file():
             with np.load(rng_file, allow_pickle=False) as arrays:
@@ -355,10 +323,7 @@ class Checkpointer:
         """Full (gathered) weights as safetensors in `best/`, written atomically by rank 0."""
         from safetensors.torch import save_file
 
-        if deepspeed_engine.is_engine(model):
-            weights = deepspeed_engine.full_state_dict(model)
-        else:
-            weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        weights = full_state_dict(model)
         if self.env.is_main:
             tmp = self.best_dir.with_name(".tmp-best")
             shutil.rmtree(tmp, ignore_errors=True)
