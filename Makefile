@@ -37,7 +37,7 @@ train: venv  ## import the bundled real snapshots and train the planets model on
 
 test: venv tools  ## lint and run the whole test suite
 	$(BIN)/ruff check trainer datajobs tests bench
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=20
 
 lint: venv  ## ruff
 	$(BIN)/ruff check trainer datajobs tests bench

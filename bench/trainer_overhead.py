@@ -3,7 +3,9 @@
 Both loops train the `planets` component (its real data, its model) with the same sampler, bf16 autocast,
 clipping, AdamW and schedule. Ours adds everything else it does per step (telemetry, NaN guard, metrics.jsonl,
 Prometheus); evaluation and checkpoints are pushed past the end so both do the same work. Step time is the
-median gap between consecutive steps. Prints one JSON line; run it through `make bench`.
+median gap between consecutive steps. Each round runs bare, ours, bare again: the ratio of the two bare runs
+is the machine's noise floor, printed beside ours. One thread per process. Prints one JSON line; run it
+through `make bench`.
 """
 
 from __future__ import annotations
@@ -79,10 +81,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "planets.yaml"))
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--set", action="append", default=[], help="config override, e.g. model.hidden=512")
     args = parser.parse_args()
+    torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
         data_root = f"{tmp}/data"
@@ -94,10 +97,11 @@ def main() -> None:
             "train.early_stopping_patience=null", f"train.log_every={args.steps}", "logging.console=false",
             *args.set,
         ])
-        ours, bare = [], []
-        for i in range(args.rounds):  # alternate so drift in machine load hits both equally
+        ours, bare, control = [], [], []
+        for i in range(args.rounds):  # alternate so drift in machine load hits all three equally
             bare += gaps(bare_loop(cfg, data_root, args.steps), args.warmup)
             ours += gaps(our_loop(cfg, data_root, args.steps, Path(tmp) / f"runs{i}"), args.warmup)
+            control += gaps(bare_loop(cfg, data_root, args.steps), args.warmup)
     result = {
         "benchmark": "trainer_overhead",
         "date": time.strftime("%Y-%m-%d"),
@@ -110,6 +114,7 @@ def main() -> None:
         "bare_median_step_ms": statistics.median(bare) * 1e3,
         "ours_median_step_ms": statistics.median(ours) * 1e3,
         "ratio": statistics.median(ours) / statistics.median(bare),
+        "bare_vs_bare_ratio": statistics.median(control) / statistics.median(bare),
     }
     print(json.dumps(result))
 

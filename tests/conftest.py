@@ -28,6 +28,21 @@ def require_tool(name: str) -> str:
     pytest.skip(message)
 
 
+def skip_or_fail(message: str) -> None:
+    """Skip on a laptop; fail under CI=true, where everything a test needs is installed."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_module(name: str, reason: str = ""):
+    """pytest.importorskip that fails under CI=true (the dev venv of CI has every extra)."""
+    try:
+        return __import__(name)
+    except ImportError as exc:
+        skip_or_fail(f"{name} is not importable ({exc}){': ' + reason if reason else ''}")
+
+
 BIN = Path(sys.executable).parent
 
 

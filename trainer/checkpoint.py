@@ -1,16 +1,22 @@
-"""Checkpoints through torch.distributed.checkpoint: atomic step folders, keep-last-K, best weights.
+"""Checkpoints through torch.distributed.checkpoint: verified atomic step folders, keep-last-K, best weights.
 
 A checkpoint folder `checkpoints/step-00000042/` holds the DCP shards of model and optimizer (any
 strategy: single process, DDP, FSDP2), `trainer_state.json` (step, data position, scheduler, early
-stopping, lineage) and `rng-rank<R>.npz` per rank. It is written under `.tmp-step-…` and renamed once
-every rank has finished, so a killed job never leaves a half checkpoint that resume would pick up.
+stopping, lineage), `rng-rank<R>.npz` per rank and, written last, `manifest.json` (size and sha256 of every
+other file). It is written under `.tmp-<lease holder>-step-…`; once every rank has finished, rank 0 fsyncs the files and
+folders, writes the manifest and renames the folder. Resume verifies the newest checkpoint against its
+manifest and falls back to the newest one that verifies, so a killed job, a flipped bit or a truncated
+shard never silently changes a run.
 Our payloads load without unpickling objects: DCP entries with weights_only=True, JSON, npz
 (allow_pickle=False). The one exception is DCP's own `.metadata` index, which torch writes and reads with pickle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import random
 import shutil
 import time
@@ -20,23 +26,49 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
+from torch.distributed.checkpoint.api import CheckpointException
 
 from datajobs.errors import DataError
-from trainer import deepspeed_engine
-from trainer.distributed import DistEnv, barrier
+from trainer.distributed import DistEnv, any_rank, barrier, sum_over_ranks
+from trainer.engine import Engine, full_state_dict
+from trainer.engine import WeightsOnlyLoadPlanner as WeightsOnlyLoadPlanner  # where trainer.lora imports it
+
+log = logging.getLogger("astrobio.train")
 
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """What a failed write raises: OSError (full disk, EFBIG, EIO, permissions), DCP's CheckpointException
+    (a BaseException wrapping each rank's error) and, when botocore is installed, S3 client errors."""
+    errors: tuple[type[BaseException], ...] = (OSError, CheckpointException)
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return errors
+    return (*errors, BotoCoreError, ClientError)
+
+
+WRITE_ERRORS = _write_errors()
+
+
+class CheckpointWriteError(Exception):
+    """A checkpoint could not be written on some rank; raised on every rank, the temp folder is removed."""
+
+
+def describe_write_error(exc: BaseException) -> str:
+    """One line: the first rank's error of a CheckpointException, else the error itself."""
+    if isinstance(exc, CheckpointException) and exc.failures:
+        rank, (inner, _) = next(iter(sorted(exc.failures.items())))
+        exc = inner
+        where = f"rank {rank}: "
+    else:
+        where = ""
+    return f"{where}{type(exc).__name__}: {exc}".replace("\n", " ")
 
 
 @dataclass
@@ -84,19 +116,6 @@ def _set_rng_state(arrays: dict[str, np.ndarray]) -> None:
         torch.cuda.set_rng_state(torch.from_numpy(arrays["cuda"].copy()))
 
 
-class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
-    """DCP's planner, but the non-tensor entries (e.g. optimizer hyper-parameters) load with weights_only=True."""
-
-    def load_bytes(self, read_item, value) -> None:
-        obj = torch.load(value, weights_only=True)
-        if self.flatten_state_dict:
-            from torch.distributed.checkpoint._nested_dict import set_element
-
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = obj
-
-
 def unique_storage(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop aliases of tied weights (safetensors refuses shared storage); the first name is kept."""
     seen: set[tuple[int, tuple[int, ...]]] = set()
@@ -113,57 +132,178 @@ def step_dir_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:08d}"
 
 
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file, then every folder (deepest first), so names and contents survive a power loss."""
+    for path in _files(folder):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for d in [*sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), folder]:
+        fsync_dir(d)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path, step: int) -> None:
+    """Size and sha256 of every file of the folder, written (atomically, fsynced) after all of them."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(folder)}
+    tmp = folder / f".{MANIFEST}.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"step": step, "files": files}, indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.rename(folder / MANIFEST)
+    fsync_dir(folder)
+
+
+def verify(folder: Path) -> str | None:
+    """None when every file of the manifest is there with its size and sha256, else what is wrong (one phrase)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (the write did not finish or the manifest was deleted)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{MANIFEST} is unreadable ({exc})"
+    if STATE_FILE not in files:
+        return f"{MANIFEST} does not list {STATE_FILE}"
+    for name, entry in files.items():
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != entry["size"]:
+            return f"{name} has {size} bytes, the manifest says {entry['size']}"
+        if _sha256(path) != entry["sha256"]:
+            return f"{name} does not match its sha256 in {MANIFEST}"
+    return None
+
+
 class Checkpointer:
     """Saves and restores training state under `<run>/checkpoints`, and best weights under `<run>/best`."""
 
-    def __init__(self, run_dir: Path, env: DistEnv, keep_last: int) -> None:
+    def __init__(self, run_dir: Path, env: DistEnv, keep_last: int, holder: str) -> None:
+        """`holder` is the id of the run folder's lease (trainer.lease): it names this run's temp folders, and
+        temp folders of any other holder (dead, since this run holds the lease) are removed."""
         self.root = run_dir / "checkpoints"
         self.best_dir = run_dir / "best"
         self.env = env
         self.keep_last = keep_last
+        self.tmp_prefix = f"{TMP_PREFIX}{holder}-"
         if env.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob(f"{TMP_PREFIX}*"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a job killed while saving
+                if not stale.name.startswith(self.tmp_prefix):
+                    shutil.rmtree(stale, ignore_errors=True)  # left by a holder killed while saving
         barrier(env)
 
-    def complete(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
-        found = [p for p in self.root.glob(f"{STEP_PREFIX}*") if (p / STATE_FILE).is_file()]  # written last
+    def folders(self) -> list[Path]:
+        """Every step folder (renamed from its temp name once written), oldest first."""
+        found = [p for p in self.root.glob(f"{STEP_PREFIX}*") if p.is_dir()]
         return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+    def complete(self) -> list[Path]:
+        """Checkpoints with a manifest (not hashed here), oldest first."""
+        return [p for p in self.folders() if (p / MANIFEST).is_file()]
 
     def latest(self) -> Path | None:
         done = self.complete()
         return done[-1] if done else None
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState) -> tuple[Path, float]:
-        """Write a checkpoint collectively; returns its folder and the seconds it took."""
+    def resume_point(self) -> Path | None:
+        """The newest checkpoint that verifies (rank 0 hashes, every rank gets the answer); None: start fresh.
+
+        Each newer checkpoint that fails verification is named in one warning; when there are checkpoints
+        but none verifies, a DataError (exit 2) names the folder.
+        """
+        step = -1.0
+        if self.env.is_main:
+            folders = self.folders()
+            for path in reversed(folders):
+                problem = verify(path)
+                if problem is None:
+                    step = float(int(path.name[len(STEP_PREFIX):]))
+                    break
+                log.warning("checkpoint %s is damaged (%s); trying the one before", path, problem)
+            else:
+                step = -2.0 if folders else -1.0
+        (step,) = sum_over_ranks([step if self.env.is_main else 0.0], self.env)
+        if step == -2:
+            raise DataError(f"no checkpoint in {self.root} verifies against its manifest; run `astrobio-train "
+                            f"checkpoints verify {self.root.parent}` to see why, or start a new run "
+                            f"(logging.run_name)")
+        return None if step < 0 else self.root / step_dir_name(int(step))
+
+    def save(self, engine: Engine, state: TrainerState) -> tuple[Path, float]:
+        """Write a checkpoint collectively; returns its folder and the seconds it took.
+
+        A write error on any rank raises CheckpointWriteError on every rank (the ranks agree after each
+        phase, so none is left waiting in a collective) and removes the temp folder.
+        """
         started = time.perf_counter()
         final = self.root / step_dir_name(state.step)
-        tmp = self.root / f"{TMP_PREFIX}{final.name}"
+        tmp = self.root / f"{self.tmp_prefix}{final.name}"
+        try:
+            self._phase(lambda: self._make_tmp(tmp))
+            self._phase(lambda: self._write_shards(engine, tmp))
+            self._phase(lambda: self._finish(tmp, final, state))
+        except CheckpointWriteError:
+            if self.env.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final, time.perf_counter() - started
+
+    def _phase(self, write) -> None:
+        problem = ""
+        try:
+            write()
+        except WRITE_ERRORS as exc:
+            problem = describe_write_error(exc)
+        (failed,) = any_rank([bool(problem)], self.env)  # also the barrier between phases
+        if failed:
+            raise CheckpointWriteError(problem or "the write failed on another rank")
+
+    def _make_tmp(self, tmp: Path) -> None:
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        barrier(self.env)
-        if deepspeed_engine.is_engine(model):
-            deepspeed_engine.save(model, tmp)
-        else:
-            model_sd, optim_sd = get_state_dict(model, optimizer)
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp),
-                     no_dist=not self.env.is_distributed)
-        np.savez(tmp / f"rng-rank{self.env.rank}.npz", **_rng_state())
-        barrier(self.env)
-        if self.env.is_main:
-            (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            for old in self.complete()[: -self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        barrier(self.env)
-        return final, time.perf_counter() - started
 
-    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainerState:
+    def _write_shards(self, engine: Engine, tmp: Path) -> None:
+        engine.save(tmp, self.env.is_distributed)
+        np.savez(tmp / f"rng-rank{self.env.rank}.npz", **_rng_state())
+
+    def _finish(self, tmp: Path, final: Path, state: TrainerState) -> None:
+        if not self.env.is_main:
+            return
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+        fsync_tree(tmp)
+        write_manifest(tmp, state.step)
+        if final.exists():  # a damaged checkpoint of this step that resume skipped
+            shutil.rmtree(final)
+        tmp.rename(final)
+        fsync_dir(self.root)
+        for old in self.folders()[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, path: Path, engine: Engine) -> TrainerState:
         """Restore model, optimizer and this rank's RNG from a complete checkpoint."""
         state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
         if state.world_size != self.env.world_size:
@@ -172,14 +312,7 @@ class Checkpointer:
                 f"{self.env.world_size}: the data position cannot be resharded; resume with "
                 f"{state.world_size} ranks or start a new run (logging.run_name)"
             )
-        if deepspeed_engine.is_engine(model):
-            deepspeed_engine.load(model, path)
-        else:
-            model_sd, optim_sd = get_state_dict(model, optimizer)
-            target = {"model": model_sd, "optim": optim_sd}
-            dcp.load(target, checkpoint_id=str(path), planner=WeightsOnlyLoadPlanner(),
-                     no_dist=not self.env.is_distributed)
-            set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
+        engine.load(path, self.env.is_distributed)
         rng_file = path / f"rng-rank{self.env.rank}.npz"
         if rng_file.is_file():
             with np.load(rng_file, allow_pickle=False) as arrays:
@@ -191,11 +324,14 @@ class Checkpointer:
         the run completes the bundle (component state, config, lineage, domain) when it ends."""
         from trainer.bundle import write_weights_only
 
-        if deepspeed_engine.is_engine(model):
-            weights = deepspeed_engine.full_state_dict(model)
-        else:
-            weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        weights = full_state_dict(model)
+        failure: BaseException | None = None
         if self.env.is_main:
-            write_weights_only(self.best_dir, unique_storage(weights),
-                               {"step": step, "metric": metric_name, "value": metric})
-        barrier(self.env)
+            try:
+                write_weights_only(self.best_dir, unique_storage(weights),
+                                   {"step": step, "metric": metric_name, "value": metric})
+            except WRITE_ERRORS as exc:
+                failure = exc
+        barrier(self.env)  # every rank passes it, also when rank 0's write failed
+        if failure is not None:
+            raise failure

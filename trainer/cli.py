@@ -10,7 +10,7 @@ import sys
 from datajobs.errors import AstrobioError
 
 EPILOG = """\
-exit codes: 0 done, 2 bad config or data, 3 numerical divergence (non-finite loss/grad),
+exit codes: 0 done, 2 bad config or data, 3 numerical divergence (non-finite loss/grad), 4 checkpoints kept failing,
 143 preempted (SIGTERM: checkpoint written; a PyTorchJob with restartPolicy ExitCode retries it).
 examples:
   astrobio-train run -c configs/planets.yaml
@@ -123,13 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("components", help="list the trainable components")
     p.set_defaults(func=cmd_components)
 
+    from trainer.checkpoint_cmd import add_checkpoints_parser
     from trainer.doctor import add_doctor_parser
     from trainer.generate import add_generate_parser
     from trainer.planner import add_plan_parser
     from trainer.predict import add_predict_parsers
     from trainer.tune import add_tune_parser
 
-    for add in (add_plan_parser, add_generate_parser, add_predict_parsers, add_tune_parser, add_doctor_parser):
+    for add in (add_plan_parser, add_generate_parser, add_predict_parsers, add_tune_parser, add_doctor_parser,
+                add_checkpoints_parser):
         add(sub)
     return parser
 

@@ -59,8 +59,18 @@ class TrainConfig(Section):
     activation_checkpointing: Literal["none", "selective", "full"] = Field(
         "none", description="recompute activations of every block (full) or every other block (selective)")
     compile: bool = Field(False, description="torch.compile each block")
-    inject_nan_at_step: int | None = Field(None, ge=0, description="fault injection: non-finite loss at step")
-    inject_nan_rank: int | None = Field(None, ge=0, description="fault injection: only on this rank")
+    inject_nan_at_step: int | None = Field(None, ge=0, description="testing aid (fault injection): a non-finite "
+                                           "value at this step")
+    inject_nan_rank: int | None = Field(None, ge=0, description="testing aid: only on this rank (needs "
+                                        "inject_nan_at_step)")
+    inject_nan_where: Literal["loss", "grad"] = Field("loss", description="testing aid: NaN loss, or a finite loss "
+                                                      "whose gradient is NaN")
+
+    @model_validator(mode="after")
+    def _check_injection(self) -> TrainConfig:
+        if self.inject_nan_rank is not None and self.inject_nan_at_step is None:
+            raise ValueError("train.inject_nan_rank is set without train.inject_nan_at_step")
+        return self
 
 
 class CheckpointConfig(Section):
@@ -68,6 +78,10 @@ class CheckpointConfig(Section):
     keep_last: int = Field(3, gt=0, description="complete checkpoints kept; older ones are deleted")
     resume: bool = Field(True, description="resume from the newest complete checkpoint in the run folder")
     save_best: bool = Field(True, description="keep the best validation weights in best/model.safetensors")
+    max_consecutive_failures: int = Field(3, gt=0, description="checkpoint writes failing in a row before the "
+                                          "run stops with exit 4 (each failure is logged and counted)")
+    lease_timeout_seconds: float = Field(60, gt=0, description="a run folder's lease whose heartbeat is older "
+                                         "is taken over (its holder died); a live holder makes a second run exit 2")
 
 
 class LoggingConfig(Section):

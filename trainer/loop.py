@@ -16,17 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.data import DataLoader, Subset
 
 from datajobs.errors import AstrobioError, ConfigError
-from trainer import deepspeed_engine, distributed, parallelize
-from trainer.checkpoint import Checkpointer, TrainerState
+from trainer import distributed
+from trainer.checkpoint import WRITE_ERRORS, Checkpointer, CheckpointWriteError, TrainerState, describe_write_error
 from trainer.components.base import Component, ComponentData, move_to_device
 from trainer.config import RunConfig
 from trainer.data.sampler import ResumableBatchSampler, eval_indices
 from trainer.distributed import DistEnv
-from trainer.optim import build_optimizer, build_scheduler
+from trainer.engine import Engine, build_engine
+from trainer.lease import Lease, LeaseHeld, LeaseLost, new_holder_id
 from trainer.telemetry import StepRecord, Telemetry
 
 log = logging.getLogger("astrobio.train")
@@ -36,6 +36,12 @@ class Divergence(AstrobioError):
     """Non-finite loss or gradient norm: the step was not applied and nothing was saved after it."""
 
     exit_code = 3
+
+
+class CheckpointsFailing(AstrobioError):
+    """checkpoint.max_consecutive_failures checkpoint writes in a row failed: stop rather than train unsaved."""
+
+    exit_code = 4
 
 
 class Preempted(AstrobioError):
@@ -74,6 +80,18 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+class NanGrad(torch.autograd.Function):
+    """Testing aid (train.inject_nan_where=grad): adds zero to the loss and NaN to its gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("nan"))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -86,17 +104,6 @@ def autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def grad_norm_of(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
-    """Total gradient norm (clipping when max_norm is set); works for DDP and FSDP2 DTensor grads."""
-    params = [p for p in params if p.grad is not None]
-    if not params:
-        return torch.zeros(())
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
-    return norm
-
-
 class Trainer:
     """Trains one component according to one run config, in this process (one rank of possibly many)."""
 
@@ -107,13 +114,13 @@ class Trainer:
         self.run_dir = run_dir
         self.env = env
         self.stop = StopFlag()
+        self.failed_saves = 0  # checkpoint writes failed in a row
+        self.lease: Lease | None = None
+        self.holder_id = ""
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained model's full weights on CPU (gathered from shards where the strategy shards)."""
-        if deepspeed_engine.is_engine(self.model):
-            return deepspeed_engine.full_state_dict(self.model)
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(self.model, options=options)
+        return self.engine.full_state_dict()
 
     # -- data ----------------------------------------------------------------------------------
     def _train_batches(self, data: ComponentData, consumed: int) -> tuple[ResumableBatchSampler, Iterator]:
@@ -147,101 +154,116 @@ class Trainer:
         return {"loss": total / max(count, 1.0)}
 
     # -- the loop ------------------------------------------------------------------------------
+    def _take_lease(self) -> Lease | None:
+        """Rank 0 takes the run folder's lease; every rank stops with exit 2 when another run holds it."""
+        env, problem = self.env, ""
+        lease = None
+        if env.is_main:
+            lease = Lease(self.run_dir, self.cfg.checkpoint.lease_timeout_seconds, new_holder_id())
+            try:
+                lease.acquire()
+            except LeaseHeld as exc:
+                problem = str(exc)
+        (held,) = distributed.any_rank([bool(problem)], env)
+        if held:
+            raise LeaseHeld(problem or f"rank 0 could not take the lease on {self.run_dir}")
+        token = int(lease.holder.id, 16) if lease is not None else 0  # 48 bits: exact in float64
+        (token,) = distributed.sum_over_ranks([float(token)], env)
+        self.holder_id = f"{int(token):012x}"
+        return lease
+
     def fit(self) -> RunResult:
+        lease = self._take_lease()
+        self.lease = lease
+        try:
+            return self._fit()
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _fit(self) -> RunResult:
         cfg, env = self.cfg, self.env
         seed_everything(cfg.train.seed)
         data = self.data = self.component.build_data(self.store)
-        spec = parallelize.ParallelSpec.from_config(cfg)
-        if spec.strategy == "deepspeed":
-            model = deepspeed_engine.build(self.component.build_model(data), cfg, spec, env)
-        elif spec.strategy == "fsdp" and self.component.init_on_meta():
-            with torch.device("meta"):
-                model = self.component.build_model(data)
-            model = parallelize.parallelize(model, spec, env.device)
-            model.to_empty(device=env.device)
-            model.init_weights()
-        else:
-            model = parallelize.parallelize(self.component.build_model(data).to(env.device), spec, env.device)
-        self.model = model
-        if deepspeed_engine.is_engine(model):  # the engine built its optimizer and steps our schedule
-            optimizer, scheduler = model.optimizer, model.lr_scheduler
-        else:
-            optimizer = build_optimizer(model, cfg.optim)
-            scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
-        ckpt = Checkpointer(self.run_dir, env, cfg.checkpoint.keep_last)
+        engine = self.engine = build_engine(lambda: self.component.build_model(data), self.component.init_on_meta(),
+                                            cfg, env)
+        self.model = engine.model
+        ckpt = Checkpointer(self.run_dir, env, cfg.checkpoint.keep_last, self.holder_id)
         telemetry = Telemetry(cfg.logging, self.run_dir, cfg.component, env.rank, env.local_rank, env.device,
                               cfg.train.max_steps, cfg.model_dump(mode="json"))
         state = TrainerState(world_size=env.world_size, micro_batch_size=cfg.data.batch_size,
                              lineage=data.lineage, config_digest=cfg.digest())
-        latest = ckpt.latest() if cfg.checkpoint.resume else None
+        latest = ckpt.resume_point() if cfg.checkpoint.resume else None
         if latest is not None:
-            state = ckpt.load(latest, model, optimizer)
+            state = ckpt.load(latest, engine)
             if state.micro_batch_size != cfg.data.batch_size:
                 raise ConfigError(f"{latest} used data.batch_size={state.micro_batch_size}, this run "
                                   f"{cfg.data.batch_size}: the data position would not match; keep it or "
                                   f"start a new run (logging.run_name)")
-            scheduler.load_state_dict(state.scheduler)
-            telemetry.on_resume(state.step)
+            engine.scheduler.load_state_dict(state.scheduler)
+            telemetry.on_resume(state.step, latest)
         self.stop.install()
         try:
-            return self._run(model, optimizer, scheduler, data, ckpt, telemetry, state)
+            return self._run(engine, data, ckpt, telemetry, state)
         finally:
             self.stop.restore()
             telemetry.close()
 
-    def _run(self, model, optimizer, scheduler, data, ckpt, telemetry, state: TrainerState) -> RunResult:
+    def _run(self, engine: Engine, data, ckpt, telemetry, state: TrainerState) -> RunResult:
         cfg, env = self.cfg, self.env
         tc = cfg.train
+        model = engine.model
         _, batches = self._train_batches(data, state.consumed_batches)
         telemetry.start(state.step, tc.log_every)
         flops_per_sample = self.component.flops_per_sample(model)
         stopped_early = state.stopped_early
-        engine = model if deepspeed_engine.is_engine(model) else None
-        params = [p for p in model.parameters() if p.requires_grad]  # walked once, not every step
         model.train()
         while state.step < tc.max_steps and not stopped_early:
             step_started = time.perf_counter()
             data_wait = 0.0
-            loss_sum, samples, tokens = 0.0, 0, 0
+            loss_sum, samples, tokens = None, 0, 0
             for micro in range(tc.grad_accum_steps):
                 fetch_started = time.perf_counter()
                 batch = move_to_device(next(batches), env.device)
                 data_wait += time.perf_counter() - fetch_started
                 state.consumed_batches += 1
                 last = micro == tc.grad_accum_steps - 1
-                with parallelize.no_grad_sync(model, skip=not last):
+                with engine.micro_step(last):
                     with autocast(cfg, env.device):
                         out = self.component.training_step(model, batch)
                     loss = out.loss.float()
                     if tc.inject_nan_at_step == state.step + 1 and tc.inject_nan_rank in (None, env.rank):
-                        loss = loss * float("nan")
-                    if engine is None:
-                        (loss / tc.grad_accum_steps).backward()
-                    else:
-                        engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
-                        if not last:
-                            engine.step()  # DeepSpeed counts micro-steps; it steps only at the boundary
-                loss_sum += loss.detach().item()
+                        loss = loss * float("nan") if tc.inject_nan_where == "loss" else loss + NanGrad.apply(loss)
+                    engine.backward(loss, last)
+                loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()  # no host sync here
                 samples += out.samples
                 tokens += out.tokens
-            loss_value = loss_sum / tc.grad_accum_steps
-            if engine is None:
-                grad_norm = float(grad_norm_of(params, tc.clip_grad_norm))
-                self._guard(loss_value, grad_norm, optimizer, telemetry, state, "the step was not applied")
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                # DeepSpeed only knows the gradient norm after its step: a non-finite loss stops before the
-                # step, a non-finite gradient right after it; in both cases nothing after is checkpointed.
-                self._guard(loss_value, 0.0, optimizer, telemetry, state, "the step was not applied")
-                engine.step()
-                grad_norm = float(engine.get_global_grad_norm() or 0.0)
-                self._guard(loss_value, grad_norm, optimizer, telemetry, state, "the step was applied")
+            loss_value = float(loss_sum) / tc.grad_accum_steps
+            # A norm known before the step is checked before it; DeepSpeed's only after its step. In both cases
+            # a non-finite value stops the run before anything after it is checkpointed. One collective carries
+            # the loss, the finite flags, the stop flag and the lost-lease flag.
+            norm = engine.grad_norm()
+            grad_norm = 0.0 if norm is None else float(norm)
+            lost = self.lease is not None and self.lease.lost
+            local = [loss_value, not math.isfinite(loss_value), not math.isfinite(grad_norm), self.stop.requested, lost]
+            total, bad_loss, bad_grad, preempted, lost = distributed.sum_over_ranks([float(x) for x in local], env)
+            if bad_loss or bad_grad:
+                self._diverged(bool(bad_loss), loss_value, grad_norm, engine, telemetry, state,
+                               "the step was not applied")
+            if lost:
+                raise LeaseLost(f"the lease on {self.run_dir} was taken over by another run (this run's heartbeat "
+                                f"was older than checkpoint.lease_timeout_seconds): stopped at step {state.step} "
+                                f"without writing")
+            norm = engine.step()
+            if norm is not None:
+                grad_norm = float(norm)
+                (bad_grad,) = distributed.any_rank([not math.isfinite(grad_norm)], env)
+                if bad_grad:
+                    self._diverged(False, loss_value, grad_norm, engine, telemetry, state, "the step was applied")
             state.step += 1
-            global_loss = distributed.mean_over_ranks([loss_value], env)[0]
+            global_loss = total / env.world_size
             telemetry.on_step(StepRecord(
-                step=state.step, loss=global_loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                step=state.step, loss=global_loss, lr=engine.lr(), grad_norm=grad_norm,
                 samples=samples, tokens=tokens, step_seconds=time.perf_counter() - step_started,
                 data_wait_seconds=data_wait,
                 flops=None if flops_per_sample is None else flops_per_sample * samples,
@@ -253,26 +275,21 @@ class Trainer:
                     log.info("early stopping at step %d: no improvement in %d evaluations", state.step,
                              tc.early_stopping_patience)
             state.stopped_early = stopped_early
-            (preempted,) = distributed.any_rank([self.stop.requested], env)
             if preempted or stopped_early or at_end or state.step % cfg.checkpoint.every_steps == 0:
-                self._save(model, optimizer, scheduler, ckpt, telemetry, state)
+                self._save(engine, ckpt, telemetry, state)
             if preempted:
-                raise Preempted(f"preempted at step {state.step}; checkpoint written to {ckpt.latest()}")
+                raise Preempted(f"preempted at step {state.step}; newest checkpoint: {ckpt.latest()}")
             if stopped_early:
                 break
         return RunResult(self.run_dir, state.step, stopped_early, state.best_metric, state.best_step, state.lineage)
 
-    def _guard(self, loss_value: float, grad_norm: float, optimizer, telemetry: Telemetry, state: TrainerState,
-               applied: str) -> None:
+    def _diverged(self, bad_loss: bool, loss_value: float, grad_norm: float, engine: Engine,
+                  telemetry: Telemetry, state: TrainerState, applied: str) -> None:
         """Stop every rank together on a non-finite loss or gradient norm (exit 3), before any checkpoint."""
         local_bad = not math.isfinite(loss_value) or not math.isfinite(grad_norm)
-        bad_loss, bad_grad = distributed.any_rank([not math.isfinite(loss_value), not math.isfinite(grad_norm)],
-                                                  self.env)
-        if not (bad_loss or bad_grad):
-            return
         kind = "loss" if bad_loss else "grad"
         telemetry.on_nonfinite(state.step + 1, kind)
-        optimizer.zero_grad(set_to_none=True)
+        engine.zero_grad()
         raise Divergence(
             f"non-finite {kind} at step {state.step + 1} (here: loss {loss_value}, grad norm {grad_norm}"
             f"{'' if local_bad else ', finite on this rank'}); {applied} and no checkpoint was written after "
@@ -289,21 +306,32 @@ class Trainer:
             state.best_metric, state.best_step = value, state.step
             state.evals_without_improvement = 0
             if self.cfg.checkpoint.save_best:
-                ckpt.save_best(model, state.step, "val_loss", value)
+                try:
+                    ckpt.save_best(model, state.step, "val_loss", value)
+                except WRITE_ERRORS as exc:
+                    telemetry.on_checkpoint_failure(state.step, f"best weights: {describe_write_error(exc)}")
         else:
             state.evals_without_improvement += 1
         patience = self.cfg.train.early_stopping_patience
         return patience is not None and state.evals_without_improvement >= patience
 
-    def _save(self, model, optimizer, scheduler, ckpt: Checkpointer, telemetry: Telemetry,
-              state: TrainerState) -> None:
-        state.scheduler = scheduler.state_dict()
+    def _save(self, engine: Engine, ckpt: Checkpointer, telemetry: Telemetry, state: TrainerState) -> None:
+        """Checkpoint; a failed write is one line and a count, and training goes on until too many in a row."""
+        state.scheduler = engine.scheduler.state_dict()
         try:
-            path, seconds = ckpt.save(model, optimizer, state)
-        except OSError as exc:
-            telemetry.on_checkpoint(state.step, None)
-            log.error("checkpoint at step %d failed: %s", state.step, exc)
+            path, seconds = ckpt.save(engine, state)
+        except CheckpointWriteError as exc:
+            self.failed_saves += 1
+            limit = self.cfg.checkpoint.max_consecutive_failures
+            telemetry.on_checkpoint_failure(state.step, f"{exc} ({self.failed_saves} in a row, limit {limit})",
+                                            continues=self.failed_saves < limit)
+            if self.failed_saves >= limit:
+                raise CheckpointsFailing(
+                    f"{self.failed_saves} checkpoint writes in a row failed, the last at step {state.step}: {exc}; "
+                    f"free space or fix {ckpt.root}, then rerun to resume from {ckpt.latest() or 'the start'}"
+                ) from None
             return
+        self.failed_saves = 0
         telemetry.on_checkpoint(state.step, seconds)
         if self.env.is_main:
             log.debug("checkpoint %s in %.2fs", path, seconds)

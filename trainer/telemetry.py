@@ -37,6 +37,37 @@ class StepRecord:
     flops: float | None = None  # training FLOPs of this step on this rank
 
 
+def repair_metrics(path: Path, upto_step: int) -> None:
+    """Keep the records of steps up to `upto_step` (a resumed run writes the later ones again) and drop a line
+    torn by a kill; rewritten atomically, only when something changes."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return
+    kept, dropped, torn = [], 0, 0
+    for line in text.splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+            keep = line.endswith("\n") and record["step"] <= upto_step
+        except (ValueError, TypeError, KeyError):
+            torn += 1
+            continue
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if not (dropped or torn):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write("".join(kept))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    log.info("metrics.jsonl: kept %d records up to step %d, dropped %d after it and %d torn line(s)", len(kept),
+             upto_step, dropped, torn)
+
+
 def process_memory_bytes() -> int:
     """Resident set size of this process."""
     try:
@@ -144,7 +175,9 @@ class Telemetry:
         self._window_started = self._started = time.perf_counter()
         self._first_step = 0
         self.log_every = 10
-        self._jsonl = open(run_dir / "metrics.jsonl", "a") if self.is_main else None  # noqa: SIM115
+        self._metrics_path = run_dir / "metrics.jsonl"
+        self._jsonl: Any = None  # opened by start(), after the file is cut back to the resumed step
+        self._pending: list[dict[str, Any]] = []  # this window's step records, written at its end
         self._tb = None
         self._wandb = None
         if self.is_main and cfg.tensorboard:
@@ -155,24 +188,28 @@ class Telemetry:
             self._wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name, dir=str(run_dir),
                                      config=run_config, resume="allow")
 
-    def _write(self, record: dict[str, Any], flush: bool = True) -> None:
+    def _write(self, record: dict[str, Any]) -> None:
+        """Write this window's step records, then `record`, and flush once."""
+        records = [*self._pending, record]
+        self._pending = []
         if self._jsonl is not None:
-            self._jsonl.write(json.dumps(record) + "\n")
-            if flush:
-                self._jsonl.flush()
-        step = record["step"]
-        scalars = {f"{record['kind']}/{k}": v for k, v in record.items()
-                   if k not in ("step", "kind", "time") and isinstance(v, int | float)}
-        if self._tb is not None:
-            for key, value in scalars.items():
-                self._tb.add_scalar(key, value, step)
-        if self._wandb is not None:
-            self._wandb.log(scalars, step=step)
+            self._jsonl.write("".join(json.dumps(r) + "\n" for r in records))
+            self._jsonl.flush()
+        if self._tb is None and self._wandb is None:
+            return
+        for r in records:
+            scalars = {f"{r['kind']}/{k}": v for k, v in r.items()
+                       if k not in ("step", "kind", "time") and isinstance(v, int | float)}
+            if self._tb is not None:
+                for key, value in scalars.items():
+                    self._tb.add_scalar(key, value, r["step"])
+            if self._wandb is not None:
+                self._wandb.log(scalars, step=r["step"])
 
-    def on_resume(self, step: int) -> None:
+    def on_resume(self, step: int, path: Path) -> None:
         self.prom.resumes.inc()
         if self.is_main:
-            log.info("resumed from step %d", step)
+            log.info("resumed from step %d (%s, verified against its manifest)", step, path)
 
     def on_step(self, rec: StepRecord) -> None:
         p, now = self.prom, time.time()
@@ -187,10 +224,11 @@ class Telemetry:
         record = {"kind": "train", "step": rec.step, "time": now, "loss": rec.loss, "lr": rec.lr,
                   "grad_norm": rec.grad_norm, "step_seconds": rec.step_seconds,
                   "data_wait_seconds": rec.data_wait_seconds}
-        window_end = rec.step % self.log_every == 0 or rec.step == self.max_steps
-        if window_end:
+        if rec.step % self.log_every == 0 or rec.step == self.max_steps:
             self._flush_window(record)
-        self._write(record, flush=window_end)
+            self._write(record)
+        else:
+            self._pending.append(record)
 
     def _flush_window(self, record: dict[str, Any]) -> None:
         elapsed = max(time.perf_counter() - self._window_started, 1e-9)
@@ -222,6 +260,10 @@ class Telemetry:
                      record["loss"], record["lr"], record["grad_norm"], sps, extra, eta)
 
     def start(self, first_step: int, log_every: int) -> None:
+        """Open metrics.jsonl (rank 0) holding only records up to `first_step`, the step the run resumed from."""
+        if self.is_main:
+            repair_metrics(self._metrics_path, first_step)
+            self._jsonl = open(self._metrics_path, "a")  # noqa: SIM115
         self._first_step = first_step
         self.log_every = log_every
         self._started = self._window_started = time.perf_counter()
@@ -233,12 +275,17 @@ class Telemetry:
         if self.is_main and self.cfg.console:
             log.info("eval step %d %s", step, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
-    def on_checkpoint(self, step: int, seconds: float | None) -> None:
-        if seconds is None:
-            self.prom.ckpt_failures.inc()
-            return
+    def on_checkpoint(self, step: int, seconds: float) -> None:
         self.prom.ckpt_seconds.observe(seconds)
         self._write({"kind": "checkpoint", "step": step, "time": time.time(), "seconds": seconds})
+
+    def on_checkpoint_failure(self, step: int, problem: str, continues: bool = True) -> None:
+        """One error line (rank 0) and one count."""
+        self.prom.ckpt_failures.inc()
+        self._write({"kind": "checkpoint", "step": step, "time": time.time(), "failed": problem})
+        if self.is_main:
+            log.error("checkpoint at step %d failed: %s; %s", step, problem,
+                      "training continues" if continues else "stopping")
 
     def on_nonfinite(self, step: int, kind: str) -> None:
         self.prom.nonfinite[kind].inc()
@@ -247,6 +294,9 @@ class Telemetry:
     def close(self) -> None:
         """Flush sinks; keep /metrics up for `metrics_linger_seconds` so the last values get scraped."""
         self.prom.update_memory()
+        if self._pending:
+            last = self._pending.pop()
+            self._write(last)
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None

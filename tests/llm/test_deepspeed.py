@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, cli_env, free_port
+from tests.conftest import REPO, cli_env, free_port, require_module
 from trainer.parallelize import ParallelSpec, deepspeed_config
 
 STEPS = 4
@@ -33,7 +33,7 @@ def test_generated_config_carries_stage_offload_and_batch() -> None:
 
 @pytest.mark.parametrize("stage", [2, 3])  # ZeRO-1 is ZeRO-2 without gradient partitioning
 def test_zero_stage_on_two_cpu_ranks_matches_one_process(stage: int) -> None:
-    pytest.importorskip("deepspeed")
+    require_module("deepspeed")
     from tests.llm.ds_worker import reference_losses
 
     port = free_port()

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import require_module, skip_or_fail
 from trainer.bundle import load_base, load_weights
 from trainer.lora import (
     apply_lora,
@@ -68,14 +69,14 @@ def test_base_checkpoint_loads_from_a_safetensors_export(tmp_path: Path) -> None
 
 
 def test_qlora_nf4_base_with_adapters_trains_and_merges() -> None:
-    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes (the gpu extra)")
+    require_module("bitsandbytes", reason="QLoRA needs bitsandbytes (the gpu extra)")
     torch.manual_seed(0)
     model = Transformer(ARGS)
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         quantize_nf4(model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     except (RuntimeError, NotImplementedError) as exc:  # a bitsandbytes build without this device's 4-bit kernels
-        pytest.skip(f"bitsandbytes cannot quantize here: {exc}")
+        skip_or_fail(f"bitsandbytes cannot quantize here: {exc}")
     model = apply_lora(model, rank=4, alpha=8)
     assert type(model.base_model.model.layers[0].attention.wqkv.base_layer).__name__ == "Linear4bit"
     with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):

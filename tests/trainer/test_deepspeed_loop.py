@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import checkpoint_dirs, free_port, planets_args, run_cli, train_losses
+from tests.conftest import checkpoint_dirs, free_port, planets_args, require_module, run_cli, train_losses
 
-pytest.importorskip("deepspeed")
+require_module("deepspeed")
 
 COMMON = ("train.max_steps=40", "train.early_stopping_patience=null", "train.eval_every=20",
           "checkpoint.every_steps=20", "train.precision=fp32", "schedule.name=constant")

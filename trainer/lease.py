@@ -1,0 +1,159 @@
+"""A lease on a run folder: one run writes it at a time; a dead holder is taken over once its heartbeat ages.
+
+The lease is `<run>/.lease.json` naming its holder (id, host, pod, pid, since, heartbeat). It is created with
+`os.link` of a fully written temp file, which fails when the name exists (atomic on local filesystems and NFS,
+no `flock`); a heartbeat thread rewrites it (temp + `os.replace`) every quarter of the timeout. A holder whose
+heartbeat is older than the timeout is dead (kill -9, lost node): the next run renames its lease aside (only
+one taker can), checks that it moved the lease it judged stale, and links its own. A holder that finds the
+lease no longer names it has lost it and must stop without writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from datajobs.errors import DataError
+
+log = logging.getLogger("astrobio.train")
+
+LEASE_FILE = ".lease.json"
+
+
+class LeaseHeld(DataError):
+    """Another live run holds the run folder (exit 2)."""
+
+
+class LeaseLost(DataError):
+    """This run's lease was taken over (its heartbeat was too old): it stops without writing (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    id: str  # 12 hex digits; also names the holder's checkpoint temp folders
+    host: str
+    pod: str
+    pid: int
+    since: float
+    heartbeat: float
+
+    def describe(self, now: float | None = None) -> str:
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))
+        age = (now or time.time()) - self.heartbeat
+        return (f"pid {self.pid} on host {self.host} (pod {self.pod}) since {since}, "
+                f"heartbeat {age:.1f} s ago")
+
+
+def new_holder_id() -> str:
+    return secrets.token_hex(6)
+
+
+def read_holder(path: Path) -> Holder | None:
+    """The holder named in a lease file; None when it is absent or not (yet) a complete record."""
+    try:
+        return Holder(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+class Lease:
+    """Held by rank 0 for the whole run: acquire(), then release() (also when the run fails)."""
+
+    def __init__(self, run_dir: Path, timeout_seconds: float, holder_id: str) -> None:
+        self.path = run_dir / LEASE_FILE
+        self.timeout = timeout_seconds
+        now = time.time()
+        self.holder = Holder(id=holder_id, host=socket.gethostname(),
+                             pod=os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "-",
+                             pid=os.getpid(), since=now, heartbeat=now)
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _temp(self) -> Path:
+        self.holder = Holder(**{**asdict(self.holder), "heartbeat": time.time()})
+        tmp = self.path.with_name(f"{LEASE_FILE}.{self.holder.id}.tmp")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(asdict(self.holder)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def _link(self) -> bool:
+        tmp = self._temp()
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _held_by(self, other: Holder | None) -> LeaseHeld:
+        who = other.describe() if other else "a run whose lease file is being written"
+        return LeaseHeld(f"{self.path.parent} is in use by {who}; wait for it to end or use another "
+                         f"logging.run_name (a lease whose heartbeat is older than "
+                         f"checkpoint.lease_timeout_seconds={self.timeout:g} is taken over)")
+
+    def acquire(self) -> None:
+        """Take the lease, or take over a dead holder's; LeaseHeld (exit 2) while a live run holds it."""
+        if self._link():
+            self._start()
+            return
+        current = read_holder(self.path)
+        if current is None or time.time() - current.heartbeat <= self.timeout:
+            raise self._held_by(current)
+        aside = self.path.with_name(f"{LEASE_FILE}.stale-{self.holder.id}")
+        try:
+            os.rename(self.path, aside)  # of several takers only one moves it
+        except FileNotFoundError:
+            raise self._held_by(read_holder(self.path)) from None
+        moved = read_holder(aside)
+        if moved != current:  # a faster taker's fresh lease, not the stale one: give it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+            aside.unlink(missing_ok=True)
+            raise self._held_by(moved)
+        aside.unlink(missing_ok=True)
+        if not self._link():
+            raise self._held_by(read_holder(self.path))
+        log.warning("took over the lease of %s: older than checkpoint.lease_timeout_seconds=%g",
+                    current.describe(), self.timeout)
+        self._start()
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.timeout / 4):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Rewrite the heartbeat; marks the lease lost when the file no longer names this holder."""
+        current = read_holder(self.path)
+        if current is None or current.id != self.holder.id:
+            if not self.lost:
+                log.error("lost the lease on %s to %s", self.path.parent, current.describe() if current else "nobody")
+            self.lost = True
+            self._stop.set()
+            return
+        try:
+            os.replace(self._temp(), self.path)
+        except OSError as exc:  # a slow or full disk: the next beat tries again
+            log.warning("could not refresh the lease on %s: %s", self.path.parent, exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if not self.lost and (current := read_holder(self.path)) is not None and current.id == self.holder.id:
+            self.path.unlink(missing_ok=True)
