@@ -107,6 +107,9 @@ def bfs_order(mol) -> list[int]:
 def build_smiles(elements: list[str], charges: list[int], bonds: list[tuple[int, int, int]]) -> str | None:
     """Canonical SMILES of the graph after RDKit sanitization (implicit H from valence), or None if invalid."""
     chem = require("rdkit.Chem", "graph")
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
     mol = chem.RWMol()
     order = {1: chem.BondType.SINGLE, 2: chem.BondType.DOUBLE, 3: chem.BondType.TRIPLE}
     for elem, charge in zip(elements, charges, strict=True):
