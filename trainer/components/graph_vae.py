@@ -7,7 +7,6 @@ import csv
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +19,16 @@ from datajobs.job import snapshot_path
 from datajobs.molecules import build_smiles, parse_graph
 from datajobs.store import Store
 from trainer import chem_metrics
-from trainer.components.base import Component, ComponentData, ModelConfig, ReportSection, StepOutput
+from trainer.components.base import (
+    Component,
+    ComponentData,
+    ComponentState,
+    InputField,
+    InvalidInput,
+    ModelConfig,
+    ReportSection,
+    StepOutput,
+)
 from trainer.models.graph_vae import GraphVAE, laplacian_pe
 
 # QM9 rows as published: validity / uniqueness / novelty
@@ -183,14 +191,20 @@ class GraphVAEComponent(Component):
                              test=GraphDataset(splits["test"]), collate_fn=collate,
                              lineage={self.cfg.data.dataset: version.ref}, card=card)
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> ComponentState:
         """What maps SMILES to model inputs and back (the bundle's component.json)."""
         c = self.model_cfg
-        return {"vocab": self.vocab, "valences": self.valences, "max_atoms": self.max_atoms,
-                "lap_k": c.lap_k, "rw_steps": c.rw_steps, "max_distance": c.max_distance}
+        return ComponentState(meta={"vocab": self.vocab, "valences": self.valences, "max_atoms": self.max_atoms,
+                                    "lap_k": c.lap_k, "rw_steps": c.rw_steps, "max_distance": c.max_distance})
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.vocab, self.valences, self.max_atoms = list(state["vocab"]), list(state["valences"]), state["max_atoms"]
+    def load_state(self, state: ComponentState) -> None:
+        meta = state.meta
+        self.vocab, self.valences, self.max_atoms = list(meta["vocab"]), list(meta["valences"]), meta["max_atoms"]
+        pe = {k: meta[k] for k in ("lap_k", "rw_steps", "max_distance")}
+        self.model_cfg = self.model_cfg.model_copy(update=pe)
+
+    def input_schema(self) -> list[InputField]:
+        return [InputField("smiles", "", "str", description="a molecule (heavy atoms from the training vocabulary)")]
 
     # -- model and loss ----------------------------------------------------------------------------
     def build_model(self, data: ComponentData | None) -> nn.Module:
@@ -239,22 +253,21 @@ class GraphVAEComponent(Component):
         return [self._smiles(t, b) for t, b in zip(dec.tokens, dec.bonds, strict=True)]
 
     def predict(self, model: nn.Module, inputs: pa.Table, device: torch.device) -> pa.Table:
-        """SMILES in (column `smiles`) -> latent mean and greedy reconstruction; problems raise DataError per row."""
+        """SMILES in (column `smiles`) -> latent mean and greedy reconstruction; bad rows raise InvalidInput."""
         problems = []
         items = []
         allowed = {split_token(t)[0] for t in self.vocab}
-        for row, smi in enumerate(inputs["smiles"].to_pylist()):
+        for row, smi in enumerate(inputs["smiles"].to_pylist(), start=1):
             graph = parse_graph(smi or "", allowed, self.max_atoms)
             item = None if isinstance(graph, str) else self.graph_item(graph.elements, graph.charges, graph.bonds,
                                                                        row)
             if isinstance(graph, str) or item is None:
-                problems.append((row, "smiles", smi, graph if isinstance(graph, str) else "atom type not in the "
-                                 "training vocabulary"))
+                why = graph if isinstance(graph, str) else "atom type not in the training vocabulary"
+                problems.append((row, "smiles", smi, why))
             else:
                 items.append(item)
         if problems:
-            row, _, value, why = problems[0]
-            raise DataError(f"{len(problems)} invalid SMILES (first: row {row} {value!r}: {why})")
+            raise InvalidInput(problems)
         mu = self.encode_items(model, items, device)
         recon = self.reconstruct(model, mu)
         return pa.table({"latent_mean": pa.array(mu.cpu().numpy().tolist(), pa.list_(pa.float32())),
