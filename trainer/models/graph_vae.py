@@ -351,8 +351,8 @@ class GraphVAE(nn.Module):
                 r_ok = classes[None, :] <= torch.minimum(rem_j, rem_t).clamp(min=0)[:, None] if constrained else \
                     torch.ones(b, BOND_CLASSES, dtype=torch.bool, device=dev)
                 r = torch.where(cand, choose(logits, r_ok), torch.zeros_like(tok))
-                bonds[:, t, j] = r
-                bonds[:, j, t] = r
+                bonds[:, t, j] = torch.where(cand, r, bonds[:, t, j])  # never overwrite the parent bond
+                bonds[:, j, t] = bonds[:, t, j]
                 used[:, t] += r
                 used[:, j] += r
                 rings += (r > 0).long()
