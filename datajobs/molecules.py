@@ -69,3 +69,91 @@ def to_smiles(s: Structure) -> str:
     except Exception as exc:  # RDKit raises several exception types (RuntimeError, sanitization errors)
         raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     return chem.MolToSmiles(mol)
+
+
+# -- molecular graphs for generative models ---------------------------------------------------------------
+
+BOND_TYPES = {"SINGLE": 1, "DOUBLE": 2, "TRIPLE": 3}  # kekulized: no aromatic bond type
+
+
+@dataclass
+class MolGraph:
+    """A connected molecule as decoder-ordered atoms (element, formal charge, implicit+explicit H count) and
+    bonds (src < dst, order 1-3); atom 0 is RDKit's canonical rank 0 and the rest follow in breadth-first order
+    (neighbours by canonical rank), so the first earlier neighbour of every atom is its BFS parent."""
+
+    smiles: str  # canonical, non-isomeric
+    elements: list[str]
+    charges: list[int]
+    hydrogens: list[int]
+    bonds: list[tuple[int, int, int]]
+    scaffold: str  # Bemis-Murcko scaffold SMILES ("" for acyclic molecules)
+
+
+def bfs_order(mol) -> list[int]:
+    """Atom indices in breadth-first order from canonical rank 0, neighbours visited by canonical rank."""
+    chem = require("rdkit.Chem", "graph")
+    ranks = list(chem.CanonicalRankAtoms(mol, breakTies=True))
+    start = min(range(mol.GetNumAtoms()), key=ranks.__getitem__)
+    order, seen = [start], {start}
+    for i in order:
+        for j in sorted((n.GetIdx() for n in mol.GetAtomWithIdx(i).GetNeighbors()), key=ranks.__getitem__):
+            if j not in seen:
+                seen.add(j)
+                order.append(j)
+    return order
+
+
+def build_smiles(elements: list[str], charges: list[int], bonds: list[tuple[int, int, int]]) -> str | None:
+    """Canonical SMILES of the graph after RDKit sanitization (implicit H from valence), or None if invalid."""
+    chem = require("rdkit.Chem", "graph")
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = chem.RWMol()
+    order = {1: chem.BondType.SINGLE, 2: chem.BondType.DOUBLE, 3: chem.BondType.TRIPLE}
+    for elem, charge in zip(elements, charges, strict=True):
+        atom = chem.Atom(elem)
+        atom.SetFormalCharge(int(charge))
+        mol.AddAtom(atom)
+    for i, j, o in bonds:
+        mol.AddBond(int(i), int(j), order[int(o)])
+    try:
+        chem.SanitizeMol(mol)
+    except Exception:  # RDKit raises AtomValenceException, KekulizeException, ... (all mean: not a molecule)
+        return None
+    return chem.MolToSmiles(mol, isomericSmiles=False)
+
+
+def parse_graph(smiles: str, elements: set[str], max_atoms: int) -> MolGraph | str:
+    """The molecule's graph, or the reason it cannot be one (the quarantine reason)."""
+    chem = require("rdkit.Chem", "graph")
+    scaffolds = require("rdkit.Chem.Scaffolds.MurckoScaffold", "graph")
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = chem.MolFromSmiles(smiles) if smiles else None
+    if mol is None:
+        return "unparseable SMILES"
+    if len(chem.GetMolFrags(mol)) > 1:
+        return "more than one fragment"
+    outside = sorted({a.GetSymbol() for a in mol.GetAtoms()} - elements)
+    if outside:
+        return f"element outside the vocabulary ({outside[0]})"
+    if mol.GetNumAtoms() > max_atoms:
+        return f"too many heavy atoms (more than {max_atoms})"
+    if any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
+        return "radical electrons"
+    chem.RemoveStereochemistry(mol)
+    canonical = chem.MolToSmiles(mol, isomericSmiles=False)
+    mol = chem.RenumberAtoms(mol, bfs_order(mol))
+    chem.Kekulize(mol, clearAromaticFlags=True)
+    atoms = list(mol.GetAtoms())
+    bonds = sorted((min(b.GetBeginAtomIdx(), b.GetEndAtomIdx()), max(b.GetBeginAtomIdx(), b.GetEndAtomIdx()),
+                    BOND_TYPES[str(b.GetBondType())]) for b in mol.GetBonds())
+    graph = MolGraph(canonical, [a.GetSymbol() for a in atoms], [a.GetFormalCharge() for a in atoms],
+                     [a.GetTotalNumHs() for a in atoms], bonds,
+                     scaffolds.MurckoScaffoldSmiles(mol=chem.MolFromSmiles(canonical)))
+    if build_smiles(graph.elements, graph.charges, graph.bonds) != canonical:
+        return "does not round-trip through element/charge/bond graph (explicit H needed)"
+    return graph

@@ -128,10 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.generate import add_generate_parser
     from trainer.planner import add_plan_parser
     from trainer.predict import add_predict_parsers
+    from trainer.sample import add_sample_parser
     from trainer.tune import add_tune_parser
 
-    for add in (add_plan_parser, add_generate_parser, add_predict_parsers, add_tune_parser, add_doctor_parser,
-                add_checkpoints_parser):
+    for add in (add_plan_parser, add_generate_parser, add_predict_parsers, add_sample_parser, add_tune_parser,
+                add_doctor_parser, add_checkpoints_parser):
         add(sub)
     return parser
 

@@ -16,6 +16,7 @@ SOURCES = {
     "ncbi": "ncbi",
     "mast": "mast",
     "exoplasim-sweep": "exoplasim_sweep",
+    "molecules": "molecules",
 }
 
 

@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "planets": "trainer.components.planets:PlanetsComponent",
     "llm": "trainer.components.llm:LLMComponent",
     "datacube": "trainer.components.datacube:DatacubeComponent",
+    "graph-vae": "trainer.components.graph_vae:GraphVAEComponent",
 }
 
 
