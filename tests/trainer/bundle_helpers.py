@@ -20,9 +20,9 @@ def held_out(run: Path):
     cfg = bundle.config.model_copy(update={"data": bundle.config.data.model_copy(update={"dataset": version})})
     component = components.get("planets")(cfg)
     data = component.build_data(Store(cfg.data.root))
-    inputs = component._held_out["inputs"]
+    inputs = component.held_out.inputs
     table = pa.table({c: pa.array(v, from_pandas=True) for c, v in inputs.items()})
-    table = table.append_column("pl_bmasse", pa.array(10.0 ** component._held_out["target"]))
+    table = table.append_column("pl_bmasse", pa.array(10.0 ** component.held_out.log_mass))
     return component, data, table
 
 

@@ -10,7 +10,8 @@ import pytest
 from tests.conftest import planets_args, run_cli
 from tests.llm.conftest import text_root  # noqa: F401  (fixture for the llm bundle test)
 
-QUICK = ("train.max_steps=200", "train.eval_every=25", "train.log_every=50", "checkpoint.every_steps=100")
+QUICK = ("train.max_steps=200", "train.eval_every=25", "train.log_every=50", "checkpoint.every_steps=100",
+         "model.protocol_evaluation=false")
 
 
 @pytest.fixture(scope="session")
