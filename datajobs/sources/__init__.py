@@ -15,6 +15,7 @@ SOURCES = {
     "kegg": "kegg",
     "ncbi": "ncbi",
     "mast": "mast",
+    "spectra-sim": "spectra_sim",
 }
 
 
