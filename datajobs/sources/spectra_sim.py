@@ -125,7 +125,8 @@ def _chunk(index: int) -> bytes:
 
 
 def _settings_digest(cfg: Config) -> str:
-    keep = cfg.model_dump(exclude={"workers", "work_dir", "http", "max_invalid_share", "batch_size"})
+    # n_spectra is not part of it: raising it reuses the chunks already made (each chunk is checked for its size)
+    keep = cfg.model_dump(exclude={"workers", "work_dir", "http", "max_invalid_share", "batch_size", "n_spectra"})
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -145,12 +146,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _read_chunk(path: Path) -> dict[str, np.ndarray] | None:
+def _read_chunk(path: Path, rows: int) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            chunk = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError):
         return None  # absent or damaged: computed again
+    return chunk if len(chunk.get("params", ())) == rows else None
 
 
 def build(ctx: Context) -> Product:
@@ -161,7 +163,8 @@ def build(ctx: Context) -> Product:
     work.mkdir(parents=True, exist_ok=True)
     n_chunks = -(-cfg.n_spectra // cfg.chunk_size)
     paths = [work / f"chunk-{i:05d}.npz" for i in range(n_chunks)]
-    todo = [i for i, p in enumerate(paths) if _read_chunk(p) is None]
+    rows = [min(cfg.chunk_size, cfg.n_spectra - i * cfg.chunk_size) for i in range(n_chunks)]
+    todo = [i for i, p in enumerate(paths) if _read_chunk(p, rows[i]) is None]
     ctx.log.info("chunks", extra={"total": n_chunks, "reused": n_chunks - len(todo), "work_dir": str(work)})
     if todo:
         cfg_json = cfg.model_dump_json()
@@ -174,7 +177,7 @@ def build(ctx: Context) -> Product:
                 for i, data in track(zip(todo, pool.map(_chunk, todo), strict=True), "spectra-sim chunks",
                                      total=len(todo)):
                     _write_atomic(paths[i], data)
-    chunks = [_read_chunk(p) for p in paths]
+    chunks = [_read_chunk(p, r) for p, r in zip(paths, rows, strict=True)]
     if any(c is None for c in chunks):
         raise DataError(f"a chunk in {work} is unreadable after writing; rerun `astrobio-data run spectra-sim`")
     merged = {k: np.concatenate([c[k] for c in chunks]) for k in ("params", "mode", "mask", "depth_true", "depth")}  # type: ignore[index]

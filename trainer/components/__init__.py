@@ -11,6 +11,7 @@ from trainer.components.base import Component
 REGISTRY: dict[str, str] = {
     "planets": "trainer.components.planets:PlanetsComponent",
     "llm": "trainer.components.llm:LLMComponent",
+    "spectrum": "trainer.components.spectrum:SpectrumComponent",
 }
 
 
