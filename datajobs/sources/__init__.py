@@ -16,6 +16,7 @@ SOURCES = {
     "ncbi": "ncbi",
     "mast": "mast",
     "spectra-sim": "spectra_sim",
+    "spectra-grid": "spectra_grid",
 }
 
 

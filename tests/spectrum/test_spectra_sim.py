@@ -23,8 +23,8 @@ def config(tmp_path, **over) -> str:
     return str(path)
 
 
-def arrays(root) -> dict[str, np.ndarray]:
-    version = Store(str(root)).open("spectra-sim@latest")
+def arrays(root, name: str = "spectra-sim") -> dict[str, np.ndarray]:
+    version = Store(str(root)).open(f"{name}@latest")
     out: dict[str, list[np.ndarray]] = {}
     for shard in version.shards("npz"):
         if shard.startswith("spectra-"):
@@ -86,3 +86,29 @@ def test_non_finite_spectra_are_quarantined(tmp_path) -> None:
     strict = cli("run", "spectra-sim", "--root", str(tmp_path / "strict"), "--config",
                  config(tmp_path, n_spectra=40, chunk_size=40, priors={"log_h2o": [-1.0, 0.0], "log_co2": [-1.0, 0.0]}))
     assert strict.returncode == 2 and "not finite" in strict.stderr
+
+
+def test_spectra_grid_imports_a_labelled_csv_and_npy(tmp_path) -> None:
+    """The MultiREx H2O series (a real TauREx grid) as someone else's labelled set."""
+    src = REPO / "datajobs" / "snapshots" / "spectra" / "multirex_reference" / "H2O_data.csv"
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(yaml.safe_dump({"spectra-grid": {"labels": ["atm temperature", "atm H2O"], "error": 1e-5}}))
+    proc = cli("run", "spectra-grid", "--from-file", str(src), "--root", str(tmp_path / "data"), "--config", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    version = Store(str(tmp_path / "data")).open("spectra-grid@latest")
+    got = arrays(tmp_path / "data", "spectra-grid")
+    assert got["params"].shape == (30, 2) and got["depth"].shape == (30, 385)
+    assert version.read_json("simulation.json")["priors"]["atm H2O"] == [-10.0, -1.0]
+    # the same set as an npy matrix; a missing error setting is one line, exit 2
+    m = np.full((31, 2 + 385), np.nan)
+    m[0, 2:] = np.linspace(0.7, 5.3, 385)
+    m[1:, :2], m[1:, 2:] = got["params"], got["depth"]
+    np.save(tmp_path / "grid.npy", m)
+    again = cli("run", "spectra-grid", "--from-file", str(tmp_path / "grid.npy"), "--root", str(tmp_path / "d2"),
+                "--config", str(cfg))
+    assert again.returncode == 0, again.stderr
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump({"spectra-grid": {"labels": ["a", "b"]}}))
+    no_err = cli("run", "spectra-grid", "--from-file", str(tmp_path / "grid.npy"), "--root", str(tmp_path / "d3"),
+                 "--config", str(bare))
+    assert no_err.returncode == 2 and "set spectra-grid.error" in no_err.stderr
