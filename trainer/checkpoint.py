@@ -187,35 +187,15 @@ class Checkpointer:
         return state
 
     def save_best(self, model: nn.Module, step: int, metric_name: str, metric: float) -> None:
-        """Full (gathered) weights as safetensors in `best/`, written atomically by rank 0."""
-        from safetensors.torch import save_file
+        """Full (gathered) weights into `best/` (the bundle's weights part), written atomically by rank 0;
+        the run completes the bundle (component state, config, lineage, domain) when it ends."""
+        from trainer.bundle import write_weights_only
 
         if deepspeed_engine.is_engine(model):
             weights = deepspeed_engine.full_state_dict(model)
         else:
             weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.env.is_main:
-            tmp = self.best_dir.with_name(".tmp-best")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_file(unique_storage(weights), str(tmp / "model.safetensors"))
-            meta = {"step": step, "metric": metric_name, "value": metric}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-            old = self.best_dir.with_name(".old-best")
-            if self.best_dir.exists():
-                self.best_dir.rename(old)
-            tmp.rename(self.best_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            write_weights_only(self.best_dir, unique_storage(weights),
+                               {"step": step, "metric": metric_name, "value": metric})
         barrier(self.env)
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load safetensors weights (e.g. `best/model.safetensors`) into a plain module."""
-    from safetensors.torch import load_file
-
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-    params = dict(model.named_parameters(remove_duplicate=False))
-    loaded = {params[k].data_ptr() for k in params if k not in missing}
-    missing = [k for k in missing if k not in params or params[k].data_ptr() not in loaded]  # tied: loaded once
-    if missing or unexpected:
-        raise DataError(f"{path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -124,10 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_components)
 
     from trainer.generate import add_generate_parser
-    from trainer.lora import add_export_parser
     from trainer.planner import add_plan_parser
+    from trainer.predict import add_predict_parsers
 
-    for add in (add_plan_parser, add_generate_parser, add_export_parser):
+    for add in (add_plan_parser, add_generate_parser, add_predict_parsers):
         add(sub)
     return parser
 

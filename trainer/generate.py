@@ -1,14 +1,16 @@
-"""Sample text from a trained LLM run: `astrobio-train generate --run RUN_DIR --prompt TEXT`."""
+"""Sample text from a trained LLM: `astrobio-train generate -m BUNDLE_OR_RUN --prompt TEXT`."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from datajobs.errors import ConfigError
+from trainer.bundle import load_bundle
 
 
 @torch.no_grad()
@@ -57,51 +59,20 @@ def _max_len(model: nn.Module) -> int | None:
     return None
 
 
-def load_run(run_dir: Path, device: torch.device) -> tuple[nn.Module, Any]:
-    """The run's model (best/ weights, else the newest checkpoint) and tokenizer, pinned to its dataset version."""
-    from datajobs.errors import ConfigError
-    from datajobs.store import Store
-    from trainer import components
-    from trainer.checkpoint import load_weights
-    from trainer.config import load_config
-
-    cfg = load_config(run_dir / "config.yaml")
-    if cfg.component != "llm":
-        raise ConfigError(f"{run_dir} trained component {cfg.component!r}; generate needs an llm run")
-    states = sorted((run_dir / "checkpoints").glob("step-*/trainer_state.json"))
-    lineage = json.loads(states[-1].read_text()).get("lineage", {}) if states else {}
-    pinned = lineage.get(cfg.data.dataset)
-    if pinned:
-        cfg.data.dataset = pinned  # the version the run trained on, not today's latest
-    component = components.get("llm")(cfg)
-    data = component.build_data(Store(cfg.data.root))
-    model = component.build_model(data)
-    best = run_dir / "best" / "model.safetensors"
-    if best.is_file():
-        load_weights(model, best)
-    elif states:
-        _load_checkpoint_model(model, states[-1].parent)
-    else:
-        raise ConfigError(f"{run_dir} has neither best/model.safetensors nor a checkpoint")
-    return model.to(device).eval(), component.tokenizer
-
-
-def _load_checkpoint_model(model: nn.Module, path: Path) -> None:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-
-    from trainer.checkpoint import WeightsOnlyLoadPlanner
-
-    state = {"model": get_model_state_dict(model)}
-    dcp.load(state, checkpoint_id=str(path), planner=WeightsOnlyLoadPlanner(), no_dist=True)
-    set_model_state_dict(model, state["model"])
+def load_llm(path: Path, device: torch.device) -> tuple[nn.Module, Any]:
+    """Model and tokenizer of an llm bundle or run folder (through the one loader, trainer.bundle)."""
+    bundle = load_bundle(path, device)
+    if bundle.component.name != "llm":
+        raise ConfigError(f"{path} holds component {bundle.component.name!r}; generate needs an llm model")
+    return bundle.model, bundle.component.tokenizer
 
 
 def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("generate", help="sample text from a trained llm run",
-                              description="Load <run>/best/model.safetensors (or the newest checkpoint) and "
-                              "sample continuations of each --prompt.")
-    p.add_argument("--run", required=True, type=Path, help="run folder (<logging.run_dir>/<run_name>)")
+    p = subparsers.add_parser("generate", help="sample text from a trained llm bundle or run",
+                              description="Load an llm bundle (a run's best/, or an export) and sample "
+                              "continuations of each --prompt; a run still training uses its newest weights.")
+    p.add_argument("-m", "--model", "--run", dest="model", required=True, type=Path,
+                   help="bundle folder or run folder (<logging.run_dir>/<run_name>)")
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -112,7 +83,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_run(args.run, device)
+    model, tokenizer = load_llm(args.model, device)
     for prompt in args.prompt:
         text = generate_text(model, tokenizer, prompt, args.max_new_tokens, temperature=args.temperature,
                              top_k=args.top_k, seed=args.seed)

@@ -1,8 +1,7 @@
-"""LoRA and QLoRA fine-tuning through peft: NF4 base, adapters, base loading and merged safetensors export."""
+"""LoRA and QLoRA fine-tuning through peft: NF4 base, adapters and the merged weights for export."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from pathlib import Path
 
@@ -56,21 +55,6 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
     return peft.get_peft_model(model, config)
 
 
-def load_base(model: nn.Module, path: str | Path) -> None:
-    """Load base weights: a .safetensors file (our export) or a DCP checkpoint folder (its `model` entry)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        load_weights(model, path)
-        return
-    import torch.distributed.checkpoint as dcp
-
-    from trainer.checkpoint import WeightsOnlyLoadPlanner
-
-    state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(path), planner=WeightsOnlyLoadPlanner())
-    model.load_state_dict(state["model"])
-
-
 def dequantized(layer: nn.Module) -> torch.Tensor:
     """Full-precision weight of a plain Linear or a bitsandbytes Linear4bit."""
     weight = layer.weight
@@ -107,49 +91,10 @@ def merged_state_dict(peft_model: nn.Module, dtype: torch.dtype = torch.float32)
 
 
 def export_merged(peft_model: nn.Module, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Write the merged weights as one safetensors file; load it with load_weights."""
-    from safetensors.torch import save_file
+    """Write the merged weights as one safetensors file; load it with trainer.bundle.load_weights."""
+    from trainer.bundle import save_weights
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.cpu() for k, v in merged_state_dict(peft_model, dtype).items()}, str(path))
+    save_weights(merged_state_dict(peft_model, dtype), path)
     return path
-
-
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a safetensors export into a plain Transformer; only a tied head may be absent from the file."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    allowed = {"output.weight"} if getattr(getattr(model, "args", None), "tie_embeddings", False) else set()
-    if unexpected or set(missing) - allowed:
-        raise ValueError(f"{path}: missing {sorted(set(missing) - allowed)}, unexpected {sorted(unexpected)}")
-
-
-def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="write a trained llm run's weights (LoRA merged) as one safetensors file",
-                              description="Load <run>/best (or the newest checkpoint); for a LoRA/QLoRA run merge "
-                              "the adapters into the base (QLoRA: dequantized) and write plain Transformer weights.")
-    p.add_argument("--run", required=True, type=Path, help="run folder (<logging.run_dir>/<run_name>)")
-    p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from trainer.generate import load_run
-
-    model, _ = load_run(args.run, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if hasattr(model, "get_base_model"):
-        path = export_merged(model, args.out)
-    else:
-        from safetensors.torch import save_file
-
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        if getattr(model.args, "tie_embeddings", False):
-            state.pop("output.weight")
-        save_file(state, str(args.out))
-        path = args.out
-    print(f"merged weights: {path}")
-    return 0

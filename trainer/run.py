@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 from datajobs.store import Store
-from trainer import components, distributed
-from trainer.checkpoint import load_weights
+from trainer import bundle, components, distributed
+from trainer.checkpoint import unique_storage
 from trainer.config import RunConfig, dump_config
 from trainer.loop import RunResult, Trainer
 from trainer.report import write_report
+
+log = logging.getLogger(__name__)
 
 
 def prepare_run_dir(cfg: RunConfig, is_main: bool) -> Path:
@@ -30,17 +34,33 @@ def train(cfg: RunConfig) -> tuple[RunResult, Path | None]:
         component = components.get(cfg.component)(cfg)
         run_dir = prepare_run_dir(cfg, env.is_main)
         distributed.barrier(env)
-        trainer = Trainer(cfg, component, Store(cfg.data.root), run_dir, env)
+        store = Store(cfg.data.root)
+        trainer = Trainer(cfg, component, store, run_dir, env)
         result = trainer.fit()
         report = None
-        best = run_dir / "best" / "model.safetensors"
+        best_dir = run_dir / bundle.BEST
+        best = best_dir / bundle.WEIGHTS
         final_weights = None if best.is_file() else trainer.full_state_dict()  # collective under FSDP
         if env.is_main:
             model = component.build_model(trainer.data).to(env.device)
             if final_weights is None:
-                load_weights(model, best)
+                bundle.load_weights(model, best)
+                info_file = best_dir / bundle.INFO
+                best_info = json.loads(info_file.read_text()).get("best", {}) if info_file.is_file() else {}
+                weights: dict | Path = best
+                step = best_info.get("step", result.best_step)
             else:
                 model.load_state_dict(final_weights)
+                best_info, weights, step = {}, unique_storage(final_weights), result.step
+            # best/ becomes the bundle: weights + component state + config + lineage + training domain
+            has_bundle = bundle.has_state(component)
+            if has_bundle:
+                bundle.write_bundle(best_dir, weights=weights, component=component, cfg=cfg,
+                                    lineage=bundle.dataset_lineage(store, trainer.data.lineage), step=step,
+                                    best=best_info)
+            else:
+                log.warning("component %s has no bundle state (state()): best/ holds its weights only",
+                            cfg.component)
             sections = component.report(model, trainer.data, env.device)
             summary = {
                 "component": cfg.component,
@@ -55,6 +75,8 @@ def train(cfg: RunConfig) -> tuple[RunResult, Path | None]:
             for section in sections:
                 summary.update({k: f"{v:.4f}" for k, v in section.metrics.items()})
             report = write_report(run_dir, f"Run {cfg.run_name}", summary, sections, trainer.data.card)
+            if has_bundle:
+                bundle.add_metrics(best_dir, {k: v for section in sections for k, v in section.metrics.items()})
         distributed.barrier(env)
         return result, report
     finally:

@@ -40,9 +40,9 @@ def test_llm_tiny_learns_below_the_unigram_baseline_and_generates(tiny_run: Path
 
 
 def test_lora_finetune_from_the_base_exports_merged_weights(text_root: Path, tmp_path: Path, tiny_run: Path) -> None:
-    from trainer.generate import load_run
-    from trainer.lora import cmd_export, load_weights
+    from trainer.bundle import load_bundle, load_weights
     from trainer.models.transformer import Transformer
+    from trainer.predict import cmd_export
 
     base = tiny_run / "best" / "model.safetensors"
     result = run_cli(llm_args(text_root, tmp_path, "model.finetune=lora", f"model.base_checkpoint={base}",
@@ -50,10 +50,10 @@ def test_lora_finetune_from_the_base_exports_merged_weights(text_root: Path, tmp
                               "checkpoint.every_steps=10", "model.sample_tokens=4"), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "llm-tiny"
-    cmd_export(argparse.Namespace(run=run, out=tmp_path / "merged.safetensors"))
-    adapted, _ = load_run(run, torch.device("cpu"))
-    merged = Transformer(adapted.get_base_model().args)
-    load_weights(merged, tmp_path / "merged.safetensors")
+    cmd_export(argparse.Namespace(model=run, out=tmp_path / "merged"))
+    adapted = load_bundle(run).model
+    merged = load_bundle(tmp_path / "merged").model  # a plain Transformer bundle: adapters merged
+    assert not hasattr(merged, "get_base_model")
     plain = Transformer(adapted.get_base_model().args)
     load_weights(plain, base)
     tokens = torch.randint(0, merged.args.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))

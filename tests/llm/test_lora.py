@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trainer.bundle import load_base, load_weights
 from trainer.lora import (
     apply_lora,
     dequantized,
     export_merged,
-    load_base,
-    load_weights,
     merged_state_dict,
     quantize_nf4,
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import asdict
 from typing import Literal
 
 import numpy as np
@@ -20,7 +21,14 @@ from torch.utils.data import Dataset
 
 from datajobs.errors import ConfigError, DataError, require
 from datajobs.store import DatasetVersion, Store
-from trainer.components.base import Component, ComponentData, ModelConfig, ReportSection, StepOutput
+from trainer.components.base import (
+    Component,
+    ComponentData,
+    ComponentState,
+    ModelConfig,
+    ReportSection,
+    StepOutput,
+)
 from trainer.models.transformer import Transformer, TransformerArgs
 
 
@@ -132,11 +140,22 @@ class LLMComponent(Component):
     def model_args(self) -> TransformerArgs:
         return self.model_cfg.transformer_args(self.vocab)
 
-    def build_model(self, data: ComponentData) -> nn.Module:
+    def state(self) -> ComponentState:
+        """The tokenizer (JSON text) and the model shape: what generate needs from a bundle."""
+        return ComponentState({"tokenizer_json": self.tokenizer.to_str(), "vocab": self.vocab,
+                               "model_args": asdict(self.model_args())})
+
+    def load_state(self, state: ComponentState) -> None:
+        tokenizers = require("tokenizers", "text")
+        self.tokenizer = tokenizers.Tokenizer.from_str(state.meta["tokenizer_json"])
+        self.vocab = int(state.meta["vocab"])
+        self.frozen = True
+
+    def build_model(self, data: ComponentData | None) -> nn.Module:
         cfg: LLMModelConfig = self.model_cfg
         model = Transformer(self.model_args())
-        if cfg.base_checkpoint:
-            from trainer.lora import load_base
+        if cfg.base_checkpoint and not self.frozen:  # a bundle's weights already hold the base
+            from trainer.bundle import load_base
 
             load_base(model, cfg.base_checkpoint)
         if cfg.finetune == "full":

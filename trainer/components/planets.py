@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,15 @@ from torch.utils.data import TensorDataset
 
 from datajobs.errors import DataError
 from datajobs.store import Store
-from trainer.components.base import Component, ComponentData, ModelConfig, ReportSection, StepOutput
+from trainer.components.base import (
+    Component,
+    ComponentData,
+    ComponentState,
+    InputField,
+    ModelConfig,
+    ReportSection,
+    StepOutput,
+)
 from trainer.models.mlp import MLP
 from trainer.science.mass_radius import log_mass_from_radius
 
@@ -116,26 +125,20 @@ class PlanetsComponent(Component):
             raise DataError(f"{version.ref}/{SHARD} lacks column {missing[0]!r}; re-create it with "
                             f"`{version.fix_command}`")
         arrays, names, card = self._select_rows(table, version.ref)
-        raw = np.stack([np.log10(arrays[c]) if log else arrays[c] for c, log in
-                        (FEATURES[f] for f in cfg.features)], axis=1)
-        target = np.log10(arrays["pl_bmasse"])
         split = np.array([split_of(nm, self.cfg.data.split_seed, self.cfg.data.val_fraction,
                                    self.cfg.data.test_fraction) for nm in names])
         train = split == "train"
-        # Imputation and scaling from the training split only; a missing value becomes the train median
-        # plus a 0/1 indicator column, so the model knows it was absent.
-        median = np.nanmedian(raw[train], axis=0)
-        missing_mask = np.isnan(raw)
-        filled = np.where(missing_mask, median, raw)
-        mean, std = filled[train].mean(axis=0), filled[train].std(axis=0) + 1e-8
-        x = np.concatenate([(filled - mean) / std, missing_mask.astype(np.float64)], axis=1)
-        self.target_mean, self.target_std = float(target[train].mean()), float(target[train].std())
+        inputs = {c: arrays[c] for c in self._input_columns()}
+        target = np.log10(arrays["pl_bmasse"])
+        if not self.frozen:  # a loaded bundle keeps its training statistics (evaluate on another version)
+            self._fit_statistics({c: v[train] for c, v in inputs.items()}, target[train])
+        x = self._model_inputs(inputs)
         y = (target - self.target_mean) / self.target_std
-        self.in_features = x.shape[1]
         self._held_out = {
             "names": [nm for nm, s in zip(names, split, strict=True) if s == "test"],
             "radius": arrays["pl_rade"][split == "test"],
             "target": target[split == "test"],
+            "inputs": {c: v[split == "test"] for c, v in inputs.items()},
         }
 
         def subset(which: str) -> TensorDataset:
@@ -150,8 +153,92 @@ class PlanetsComponent(Component):
         return ComponentData(train=subset("train"), val=subset("val"), test=subset("test"),
                              lineage={self.cfg.data.dataset: version.ref}, card=card)
 
+    # -- bundle contract: statistics, state, input schema, predict, training domain ---------------
+    INPUTS: ClassVar[dict[str, tuple[str, float | None, bool, str]]] = {
+        # column -> (unit, physical minimum, exclusive, description)
+        "pl_rade": ("Earth radii", 0.0, True, "planet radius"),
+        "pl_orbper": ("days", 0.0, True, "orbital period"),
+        "pl_insol": ("Earth insolation", 0.0, True, "insolation flux"),
+        "pl_orbsmax": ("au", 0.0, True, "orbit semi-major axis"),
+        "st_teff": ("K", 0.0, True, "stellar effective temperature"),
+        "st_rad": ("solar radii", 0.0, True, "stellar radius"),
+        "st_mass": ("solar masses", 0.0, True, "stellar mass"),
+        "st_met": ("dex", None, False, "stellar metallicity [Fe/H]"),
+    }
+    OUTPUTS = ("pl_bmasse_pred", "pl_bmasse_lo68", "pl_bmasse_hi68", "pl_bmasse_lo95", "pl_bmasse_hi95")
+
+    def _input_columns(self) -> list[str]:
+        return [FEATURES[f][0] for f in self.model_cfg.features]
+
+    def _raw_features(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.stack([np.log10(inputs[c]) if log else inputs[c] for c, log in
+                             (FEATURES[f] for f in self.model_cfg.features)], axis=1)
+
+    def _fit_statistics(self, inputs: dict[str, np.ndarray], target: np.ndarray) -> None:
+        """Imputation and scaling from the training split only; a missing value becomes the train median plus
+        a 0/1 indicator column, so the model knows it was absent."""
+        raw = self._raw_features(inputs)
+        self.median = np.nanmedian(raw, axis=0)
+        filled = np.where(np.isnan(raw), self.median, raw)
+        self.mean, self.std = filled.mean(axis=0), filled.std(axis=0) + 1e-8
+        self.target_mean, self.target_std = float(target.mean()), float(target.std())
+        self.in_features = 2 * raw.shape[1]
+        self._train_inputs = inputs
+
+    def _scaled(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        raw = self._raw_features(inputs)
+        missing = np.isnan(raw)
+        return (np.where(missing, self.median, raw) - self.mean) / self.std, missing
+
+    def _model_inputs(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        scaled, missing = self._scaled(inputs)
+        return np.concatenate([scaled, missing.astype(np.float64)], axis=1)
+
+    def _table_inputs(self, table: pa.Table) -> dict[str, np.ndarray]:
+        n = table.num_rows
+        return {c: (table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) if c in table.column_names
+                    else np.full(n, np.nan)) for c in self._input_columns()}
+
+    def state(self) -> ComponentState:
+        meta = {"features": list(self.model_cfg.features), "median": self.median.tolist(),
+                "mean": self.mean.tolist(), "std": self.std.tolist(), "target_mean": self.target_mean,
+                "target_std": self.target_std, "in_features": self.in_features,
+                "target": "log10 pl_bmasse [Earth masses]"}
+        return ComponentState(meta, {f"train_{c}": v for c, v in self._train_inputs.items()})
+
+    def load_state(self, state: ComponentState) -> None:
+        meta = state.meta
+        if meta["features"] != list(self.model_cfg.features):
+            raise DataError(f"bundle state has features {meta['features']}, its config {self.model_cfg.features}")
+        self.median, self.mean, self.std = (np.array(meta[k], dtype=np.float64) for k in ("median", "mean", "std"))
+        self.target_mean, self.target_std = float(meta["target_mean"]), float(meta["target_std"])
+        self.in_features = int(meta["in_features"])
+        self._train_inputs = {c: state.arrays[f"train_{c}"] for c in self._input_columns()}
+        self.frozen = True
+
+    def input_schema(self) -> list[InputField]:
+        return [InputField(c, unit, "float", required=c == "pl_rade", minimum=low, exclusive_minimum=excl,
+                           description=text) for c in self._input_columns()
+                for unit, low, excl, text in [self.INPUTS[c]]]
+
+    def training_inputs(self) -> pa.Table:
+        return pa.table({c: pa.array(v, type=pa.float64(), from_pandas=True) for c, v in self._train_inputs.items()})
+
+    def domain_features(self, inputs: pa.Table) -> np.ndarray:
+        return self._scaled(self._table_inputs(inputs))[0]
+
+    def predict(self, model: nn.Module, inputs: pa.Table, device: torch.device) -> pa.Table:
+        x = torch.tensor(self._model_inputs(self._table_inputs(inputs)), dtype=torch.float32)
+        with torch.no_grad():
+            pred = model(x.to(device)).float().cpu().numpy()[:, 0] * self.target_std + self.target_mean
+        n = inputs.num_rows
+        columns = {"pl_bmasse_pred": pa.array(10.0 ** pred.astype(np.float64), type=pa.float64())}
+        columns.update({name: pa.nulls(n, pa.float64()) for name in self.OUTPUTS[1:]})  # intervals: planets v2
+        return pa.table(columns)
+
     # -- model and loss ------------------------------------------------------------------------
-    def build_model(self, data: ComponentData) -> nn.Module:
+    def build_model(self, data: ComponentData | None) -> nn.Module:
         cfg: PlanetsModelConfig = self.model_cfg
         return MLP(self.in_features, 1, cfg.hidden, cfg.layers, cfg.dropout)
 
