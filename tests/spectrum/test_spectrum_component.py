@@ -11,14 +11,12 @@ import pyarrow.csv as pacsv
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from datajobs.forward_model import SNAPSHOT
-from datajobs.store import Store
 from tests.conftest import BIN, REPO, run_cli, train_losses
-from trainer.components import get
-from trainer.config import load_config
+from trainer.bundle import load_bundle
 
+WASP39B_CSV = SNAPSHOT / "wasp39b_jwst_prism_g395h.csv"
 TINY = ("model.channels=8", "model.context=16", "model.hidden=32", "model.flow_layers=4", "model.min_rows=100",
         "model.posterior_samples=200", "model.report_spectra=60", "data.batch_size=64", "schedule.name=constant",
         "schedule.warmup_steps=0", "train.eval_every=20", "checkpoint.every_steps=20", "train.log_every=20")
@@ -72,22 +70,33 @@ def test_resume_continues_exactly(sim_root: Path, trained: Path, tmp_path: Path)
     assert [s for s in expected if got[s] != expected[s]] == []
 
 
-def test_predict_file_on_wasp39b(sim_root: Path, trained: Path, tmp_path: Path) -> None:
-    cfg = load_config(trained / "config.yaml")
-    component = get("spectrum")(cfg)
-    component.build_data(Store(str(sim_root)))
-    model = component.build_model(None)
-    model.load_state_dict(load_file(str(trained / "best" / "model.safetensors")))
+def test_predict_file_on_wasp39b_from_the_bundle(trained: Path, tmp_path: Path) -> None:
+    bundle = load_bundle(trained / "best", "cpu")  # no dataset needed: the state comes from the bundle
     out = tmp_path / "wasp39b.csv"
-    line = component.predict_file(model, str(SNAPSHOT / "wasp39b_jwst_prism_g395h.csv"), str(out),
-                                  torch.device("cpu"), {"mask_um": "3.9-4.2", "samples": 300})
+    line = bundle.component.predict_file(bundle.model, str(WASP39B_CSV), str(out), torch.device("cpu"),
+                                         {"mask_um": "3.9-4.2", "samples": 300})
     used = int(line.split(" from ")[1].split(" of ")[0])
     assert 100 < used < 171  # PRISM + G395H points minus the masked SO2 range
     table = pacsv.read_csv(out).to_pydict()
-    assert table["parameter"] == component.parameters
+    assert table["parameter"] == bundle.component.parameters
     for lo, q2, q97, hi in zip(table["prior_low"], table["q02.5"], table["q97.5"], table["prior_high"], strict=True):
         assert lo <= q2 <= q97 <= hi
     with np.load(out.with_suffix(".samples.npz"), allow_pickle=False) as z:
         assert z["samples"].shape == (300, 7)
-    info = json.loads(out.with_suffix(".json").read_text())
-    assert info["mask_um"] == [[3.9, 4.2]]
+    assert json.loads(out.with_suffix(".json").read_text())["mask_um"] == [[3.9, 4.2]]
+
+
+def test_cli_predict_on_the_bundled_wasp39b_spectrum(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "posterior.csv"
+    proc = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(WASP39B_CSV),
+                    "--output", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    assert "posterior of 7 parameters" in proc.stderr
+    table = pacsv.read_csv(out).to_pydict()
+    assert len(table["median"]) == 7 and all(np.isfinite(table["median"]))
+    assert json.loads(out.with_suffix(".json").read_text())["mask_um"] == [[3.9, 4.2]]  # SO2 masked by default
+    bad = tmp_path / "bad.csv"
+    bad.write_text("wavelength_um,depth_ppm\n1.0,20000\n")
+    proc = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(bad),
+                    "--output", str(tmp_path / "x.csv")])
+    assert proc.returncode == 2 and "error_ppm" in proc.stderr

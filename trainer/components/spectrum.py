@@ -27,8 +27,15 @@ from torch.utils.data import TensorDataset
 
 from datajobs.errors import DataError
 from datajobs.store import Store
-from trainer.components import base
-from trainer.components.base import Component, ComponentData, ModelConfig, ReportSection, StepOutput
+from trainer.components.base import (
+    Component,
+    ComponentData,
+    ComponentState,
+    InputField,
+    ModelConfig,
+    ReportSection,
+    StepOutput,
+)
 from trainer.models.retrieval import RetrievalModel
 
 
@@ -40,6 +47,8 @@ class SpectrumModelConfig(ModelConfig):
     posterior_samples: int = Field(1000, gt=0, description="samples per spectrum in report and predict")
     report_spectra: int = Field(500, gt=0, description="held-out spectra scored in the report (at most)")
     min_rows: int = Field(200, gt=0, description="fewer spectra than this stops the run")
+    predict_mask_um: str = Field("3.9-4.2", description="wavelength ranges predict ignores by default "
+                                 "('lo-hi,...'; SO2 at 4.05 um is not in the forward model); '' = none")
 
 
 def split_of(index: int, seed: int, val: float, test: float) -> str:
@@ -92,17 +101,22 @@ class SpectrumComponent(Component):
                                    self.cfg.data.test_fraction) for i in range(n)])
         train = split == "train"
         mask = data["mask"].astype(bool)
-        depth = np.where(mask, data["depth"], np.nan)
-        self.depth_mean = np.nan_to_num(np.nanmean(depth[train], axis=0), nan=0.0)
-        self.depth_std = np.nan_to_num(np.nanstd(depth[train], axis=0), nan=1.0) + 1e-9
-        self.parameters = list(sim["parameters"])
-        self.units = dict(sim["units"])
-        self.lo = np.array([sim["priors"][p][0] for p in self.parameters])
-        self.hi = np.array([sim["priors"][p][1] for p in self.parameters])
-        self.bin_wavelength = bins["wavelength_um"].astype(float)
-        self.bin_half_width = bins["half_width_um"].astype(float)
-        self.bin_mode = bins["mode"].astype(int)
-        self.modes = list(sim["modes"])
+        if self.frozen:  # a loaded bundle keeps its scalers, bins and priors (evaluate on another version)
+            if len(bins["wavelength_um"]) != len(self.bin_wavelength) or list(sim["parameters"]) != self.parameters:
+                raise DataError(f"{version.ref}: its bins/parameters differ from the bundle's; evaluate on a "
+                                "spectra-sim version made with the same modes")
+        else:
+            depth = np.where(mask, data["depth"], np.nan)
+            self.depth_mean = np.nan_to_num(np.nanmean(depth[train], axis=0), nan=0.0)
+            self.depth_std = np.nan_to_num(np.nanstd(depth[train], axis=0), nan=1.0) + 1e-9
+            self.parameters = list(sim["parameters"])
+            self.units = dict(sim["units"])
+            self.lo = np.array([sim["priors"][p][0] for p in self.parameters])
+            self.hi = np.array([sim["priors"][p][1] for p in self.parameters])
+            self.bin_wavelength = bins["wavelength_um"].astype(float)
+            self.bin_half_width = bins["half_width_um"].astype(float)
+            self.bin_mode = bins["mode"].astype(int)
+            self.modes = list(sim["modes"])
         x = self.features(data["depth"], data["error"], mask)
         y = self.to_latent(data["params"])
         self._held_out = {"x": x[split == "test"], "params": data["params"][split == "test"]}
@@ -121,23 +135,24 @@ class SpectrumComponent(Component):
                              lineage={self.cfg.data.dataset: version.ref}, card=card)
 
     # -- bundle state ----------------------------------------------------------------------------
-    def state(self) -> Any:
+    def state(self) -> ComponentState:
         meta = {"parameters": self.parameters, "units": self.units, "modes": self.modes,
                 "priors": {p: [float(lo), float(hi)] for p, lo, hi in zip(self.parameters, self.lo, self.hi,
                                                                             strict=True)}}
         arrays = {"depth_mean": self.depth_mean, "depth_std": self.depth_std, "bin_wavelength": self.bin_wavelength,
                   "bin_half_width": self.bin_half_width, "bin_mode": self.bin_mode}
-        return base.ComponentState(meta=meta, arrays=arrays)
+        return ComponentState(meta=meta, arrays=arrays)
 
-    def load_state(self, state: Any) -> None:
+    def load_state(self, state: ComponentState) -> None:
         meta, arrays = state.meta, state.arrays
         self.parameters, self.units, self.modes = list(meta["parameters"]), dict(meta["units"]), list(meta["modes"])
         self.lo = np.array([meta["priors"][p][0] for p in self.parameters])
         self.hi = np.array([meta["priors"][p][1] for p in self.parameters])
         for k in ("depth_mean", "depth_std", "bin_wavelength", "bin_half_width", "bin_mode"):
             setattr(self, k, np.asarray(arrays[k]))
+        self.frozen = True
 
-    def input_schema(self) -> list[Any]:
+    def input_schema(self) -> list[InputField]:
         return []  # the input is a spectrum file, not a table of independent rows
 
     # -- model and loss ------------------------------------------------------------------------
@@ -232,10 +247,11 @@ class SpectrumComponent(Component):
     def predict_file(self, model: nn.Module, input_path: str, output_path: str, device: torch.device,
                      options: dict[str, Any]) -> str:
         """Spectrum CSV in -> posterior summary CSV at output_path, samples at <output stem>.samples.npz.
-        Options: `samples` (int), `mask_um` ("3.9-4.2,..." wavelength ranges to ignore), `seed`."""
+        Options: `samples` (int), `mask_um` ("3.9-4.2,..." wavelength ranges to ignore; default
+        model.predict_mask_um), `seed`."""
         cfg: SpectrumModelConfig = self.model_cfg
         ranges = []
-        for part in str(options.get("mask_um") or "").split(","):
+        for part in str(options.get("mask_um", cfg.predict_mask_um) or "").split(","):
             if part.strip():
                 lo, _, hi = part.partition("-")
                 ranges.append((float(lo), float(hi)))
