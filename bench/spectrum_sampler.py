@@ -79,6 +79,44 @@ def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(fa - fb).max())
 
 
+def calibration(root: str, comp, model, out: Path, n: int = 200) -> list[str]:
+    """Coverage of central intervals at several levels on held-out simulated spectra, as a PNG and a table."""
+    import io
+
+    import matplotlib.pyplot as plt
+    import torch
+
+    from trainer.components.spectrum import split_of
+
+    version = Store(root).open("spectra-sim@latest")
+    shards = sorted(s for s in version.shards("npz") if s.startswith("spectra-"))
+    with np.load(io.BytesIO(version.read_bytes(shards[0])), allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    idx = [i for i in range(len(a["params"])) if split_of(i, 0, 0.1, 0.1) == "test"][:n]
+    x = comp.features(a["depth"][idx], a["error"][idx], a["mask"][idx].astype(bool))
+    samples = np.concatenate([comp.posterior(model, x[i:i + 50], 500, torch.device("cpu"), seed=i)
+                              for i in range(0, len(x), 50)])
+    truth = a["params"][idx]
+    levels = np.array([10, 20, 30, 40, 50, 60, 68, 80, 90, 95])
+    cov = np.zeros((len(levels), len(comp.parameters)))
+    for li, lev in enumerate(levels):
+        lo, hi = np.percentile(samples, [50 - lev / 2, 50 + lev / 2], axis=1)
+        cov[li] = ((truth >= lo) & (truth <= hi)).mean(axis=0)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for j, p in enumerate(comp.parameters):
+        ax.plot(levels / 100, cov[:, j], marker=".", label=p)
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set_xlabel("nominal central-interval level")
+    ax.set_ylabel(f"share of true values inside ({len(idx)} held-out spectra)")
+    ax.legend(fontsize=7)
+    fig.savefig(out / "calibration.png", dpi=90)
+    plt.close(fig)
+    rows = ["| parameter | 68% coverage | 95% coverage |", "|---|---|---|"]
+    rows += [f"| {p} | {cov[6, j]:.3f} | {cov[9, j]:.3f} |" for j, p in enumerate(comp.parameters)]
+    return [f"### Calibration on {len(idx)} held-out simulated spectra", "", *rows, "",
+            "![calibration](calibration.png)", ""]
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -151,6 +189,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         ratio = np.mean([s / n for s, n in speed])
         md.append(f"Speed: sampler {np.mean([s for s, _ in speed]):.0f} s per spectrum vs network "
                   f"{np.mean([n for _, n in speed]):.3f} s for 1000 samples: {ratio:,.0f}x.")
+    md += ["", *calibration(args.root, comp, bundle.model, args.out)]
     if overlap_rows:
         md += ["", "### WASP-39b 95% intervals", "", "| parameter | network | dynesty | overlap |", "|---|---|---|---|",
                *overlap_rows, "", "![WASP-39b corner](wasp39b_corner.png)"]
