@@ -17,6 +17,8 @@ SOURCES = {
     "mast": "mast",
     "exoplasim-sweep": "exoplasim_sweep",
     "molecules": "molecules",
+    "spectra-sim": "spectra_sim",
+    "spectra-grid": "spectra_grid",
 }
 
 

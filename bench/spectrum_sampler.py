@@ -1,0 +1,221 @@
+"""Retrieval network vs dynesty on the same spectra: KS distance per parameter, coverage, speed, WASP-39b corner.
+
+    python -m bench.spectrum_sampler sample --root DATA --out DIR [--n-test 3]   # dynesty, slow
+    python -m bench.spectrum_sampler compare --model RUN --root DATA --out DIR     # network, fast; writes DIR/*.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from datajobs.forward_model import SNAPSHOT
+from datajobs.sources.spectra_sim import PARAMETERS, instrument_bins
+from datajobs.store import Store
+
+WASP39B_CSV = SNAPSHOT / "wasp39b_jwst_prism_g395h.csv"
+SO2 = (3.9, 4.2)
+
+
+def wasp39b_prism() -> dict[str, np.ndarray]:
+    """PRISM points of the real spectrum, without the SO2 range (not in the forward model)."""
+    import pyarrow.csv as pacsv
+
+    t = pacsv.read_csv(WASP39B_CSV).to_pydict()
+    wl, hw = np.array(t["wavelength_um"]), np.array(t["half_width_um"])
+    keep = (np.array(t["instrument"]) == "nirspec_prism") & ~((wl >= SO2[0]) & (wl <= SO2[1]))
+    return {"wavelength_um": wl[keep], "half_width_um": hw[keep], "depth": np.array(t["depth_ppm"])[keep] * 1e-6,
+            "error": np.array(t["error_ppm"])[keep] * 1e-6}
+
+
+def test_spectra(root: str, n: int, split_seed: int = 0, val: float = 0.1, test: float = 0.1) -> list[dict]:
+    """The first n held-out (test-split) simulated PRISM spectra of spectra-sim@latest."""
+    import io
+
+    from trainer.components.spectrum import split_of
+
+    version = Store(root).open("spectra-sim@latest")
+    shards = sorted(s for s in version.shards("npz") if s.startswith("spectra-"))
+    with np.load(io.BytesIO(version.read_bytes(shards[0])), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    bins = instrument_bins(version.read_json("simulation.json")["modes"])
+    out = []
+    for i in range(len(arrays["params"])):
+        if split_of(i, split_seed, val, test) == "test" and arrays["mode"][i] == 0:
+            m = arrays["mask"][i]
+            out.append({"index": i, "params": arrays["params"][i], "wavelength_um": bins["wavelength_um"][m],
+                        "half_width_um": bins["half_width_um"][m], "depth": arrays["depth"][i][m],
+                        "error": arrays["error"][i][m]})
+        if len(out) == n:
+            break
+    return out
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from trainer.sampler_baseline import run_sampler
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    targets = [("wasp39b", wasp39b_prism(), None)] + [
+        (f"test-{s['index']}", s, s["params"]) for s in test_spectra(args.root, args.n_test)]
+    for name, spec, truth in targets:
+        path = args.out / f"sampler-{name}.npz"
+        if path.is_file():
+            continue
+        r = run_sampler(spec["wavelength_um"], spec["half_width_um"], spec["depth"], spec["error"],
+                        n_layers=args.n_layers, nlive=args.nlive, dlogz=args.dlogz)
+        np.savez(path, samples=r.samples, seconds=r.seconds, calls=r.likelihood_calls, logz=r.log_evidence,
+                 truth=np.full(len(PARAMETERS), np.nan) if truth is None else truth)
+        print(f"{name}: {r.seconds:.0f} s, {r.likelihood_calls} likelihood calls", flush=True)
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    grid = np.sort(np.concatenate([a, b]))
+    fa = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(fa - fb).max())
+
+
+def calibration(root: str, comp, model, out: Path, n: int = 200) -> list[str]:
+    """Coverage of central intervals at several levels on held-out simulated spectra, as a PNG and a table."""
+    import io
+
+    import matplotlib.pyplot as plt
+    import torch
+
+    from trainer.components.spectrum import split_of
+
+    version = Store(root).open("spectra-sim@latest")
+    shards = sorted(s for s in version.shards("npz") if s.startswith("spectra-"))
+    with np.load(io.BytesIO(version.read_bytes(shards[0])), allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    idx = [i for i in range(len(a["params"])) if split_of(i, 0, 0.1, 0.1) == "test"][:n]
+    x = comp.features(a["depth"][idx], a["error"][idx], a["mask"][idx].astype(bool))
+    samples = np.concatenate([comp.posterior(model, x[i:i + 50], 500, torch.device("cpu"), seed=i)
+                              for i in range(0, len(x), 50)])
+    truth = a["params"][idx]
+    levels = np.array([10, 20, 30, 40, 50, 60, 68, 80, 90, 95])
+    cov = np.zeros((len(levels), len(comp.parameters)))
+    for li, lev in enumerate(levels):
+        lo, hi = np.percentile(samples, [50 - lev / 2, 50 + lev / 2], axis=1)
+        cov[li] = ((truth >= lo) & (truth <= hi)).mean(axis=0)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for j, p in enumerate(comp.parameters):
+        ax.plot(levels / 100, cov[:, j], marker=".", label=p)
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set_xlabel("nominal central-interval level")
+    ax.set_ylabel(f"share of true values inside ({len(idx)} held-out spectra)")
+    ax.legend(fontsize=7)
+    fig.savefig(out / "calibration.png", dpi=90)
+    plt.close(fig)
+    rows = ["| parameter | 68% coverage | 95% coverage |", "|---|---|---|"]
+    rows += [f"| {p} | {cov[6, j]:.3f} | {cov[9, j]:.3f} |" for j, p in enumerate(comp.parameters)]
+    return [f"### Calibration on {len(idx)} held-out simulated spectra", "", *rows, "",
+            "![calibration](calibration.png)", ""]
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from trainer.bundle import load_bundle
+
+    bundle = load_bundle(args.model, "cpu")
+    comp = bundle.component
+    lines = ["| spectrum | " + " | ".join(comp.parameters) + " | mean KS | sampler s | network s |",
+             "|---|" + "---|" * (len(comp.parameters) + 3)]
+    ks_all, overlap_rows, speed = [], [], []
+    for path in sorted(args.out.glob("sampler-*.npz")):
+        name = path.stem.removeprefix("sampler-")
+        with np.load(path, allow_pickle=False) as z:
+            ref, seconds = z["samples"], float(z["seconds"])
+        spec = wasp39b_prism() if name == "wasp39b" else next(
+            s for s in test_spectra(args.root, 50) if f"test-{s['index']}" == name)
+        csv = args.out / f"{name}.csv"
+        with open(csv, "w") as f:
+            f.write("wavelength_um,depth,error\n")
+            for w, d, e in zip(spec["wavelength_um"], spec["depth"], spec["error"], strict=True):
+                f.write(f"{w},{d},{e}\n")
+        x, _ = comp.read_spectrum(str(csv), [])
+        comp.posterior(bundle.model, x, 10, torch.device("cpu"))  # warm-up
+        t0 = time.perf_counter()
+        net = comp.posterior(bundle.model, x, 1000, torch.device("cpu"))[0]
+        net_s = time.perf_counter() - t0
+        ks = [ks_distance(net[:, j], ref[:, j]) for j in range(len(comp.parameters))]
+        ks_all.append(ks)
+        speed.append((seconds, net_s))
+        lines.append(f"| {name} | " + " | ".join(f"{k:.2f}" for k in ks) + f" | {np.mean(ks):.2f} | {seconds:.0f} | "
+                     f"{net_s:.3f} |")
+        if name == "wasp39b":
+            n95 = np.percentile(net, [2.5, 97.5], axis=0)
+            s95 = np.percentile(ref, [2.5, 97.5], axis=0)
+            for j, p in enumerate(comp.parameters):
+                overlap = bool(n95[0, j] <= s95[1, j] and s95[0, j] <= n95[1, j])
+                overlap_rows.append(f"| {p} | {n95[0, j]:.2f} .. {n95[1, j]:.2f} | {s95[0, j]:.2f} .. "
+                                    f"{s95[1, j]:.2f} | {'yes' if overlap else 'no'} |")
+            k = len(comp.parameters)
+            fig, axes = plt.subplots(k, k, figsize=(2 * k, 2 * k))
+            for a in range(k):
+                for b in range(k):
+                    ax = axes[a, b]
+                    if b > a:
+                        ax.axis("off")
+                        continue
+                    if a == b:
+                        ax.hist(ref[:, a], 30, density=True, histtype="step", color="k", label="dynesty")
+                        ax.hist(net[:, a], 30, density=True, histtype="step", color="C0", label="network")
+                    else:
+                        ax.scatter(ref[:, b], ref[:, a], s=1, c="k", alpha=0.3)
+                        ax.scatter(net[:, b], net[:, a], s=1, c="C0", alpha=0.3)
+                    if a == k - 1:
+                        ax.set_xlabel(comp.parameters[b], fontsize=7)
+                    if b == 0 and a > 0:
+                        ax.set_ylabel(comp.parameters[a], fontsize=7)
+                    ax.tick_params(labelsize=5)
+            axes[0, 0].legend(fontsize=6)
+            fig.suptitle("WASP-39b, NIRSpec PRISM (3.9-4.2 um masked): network (blue) vs dynesty (black)")
+            fig.savefig(args.out / "wasp39b_corner.png", dpi=90)
+            plt.close(fig)
+    ks_mean = float(np.mean(ks_all)) if ks_all else float("nan")
+    md = ["## Network vs nested sampling (dynesty, same forward model and priors)", "", *lines, "",
+          f"Mean KS distance over spectra and parameters: {ks_mean:.3f} (goal < 0.2).", ""]
+    if speed:
+        ratio = np.mean([s / n for s, n in speed])
+        md.append(f"Speed: sampler {np.mean([s for s, _ in speed]):.0f} s per spectrum vs network "
+                  f"{np.mean([n for _, n in speed]):.3f} s for 1000 samples: {ratio:,.0f}x.")
+    md += ["", *calibration(args.root, comp, bundle.model, args.out)]
+    if overlap_rows:
+        md += ["", "### WASP-39b 95% intervals", "", "| parameter | network | dynesty | overlap |", "|---|---|---|---|",
+               *overlap_rows, "", "![WASP-39b corner](wasp39b_corner.png)"]
+    (args.out / "sampler_comparison.md").write_text("\n".join(md) + "\n")
+    (args.out / "sampler_comparison.json").write_text(json.dumps({"ks_mean": ks_mean, "ks": ks_all,
+                                                                  "speed": speed}) + "\n")
+    print("\n".join(md))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sample")
+    s.add_argument("--root", required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--n-test", type=int, default=3)
+    s.add_argument("--n-layers", type=int, default=50)
+    s.add_argument("--nlive", type=int, default=100)
+    s.add_argument("--dlogz", type=float, default=1.0)
+    c = sub.add_parser("compare")
+    c.add_argument("--model", required=True)
+    c.add_argument("--root", required=True)
+    c.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    {"sample": cmd_sample, "compare": cmd_compare}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

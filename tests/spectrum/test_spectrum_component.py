@@ -1,0 +1,102 @@
+"""Component `spectrum` on the shared loop: a tiny run on spectra made by the real data job; report, resume,
+predict on the real WASP-39b spectrum."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pytest
+import torch
+import yaml
+
+from datajobs.forward_model import SNAPSHOT
+from tests.conftest import BIN, REPO, run_cli, train_losses
+from trainer.bundle import load_bundle
+
+WASP39B_CSV = SNAPSHOT / "wasp39b_jwst_prism_g395h.csv"
+TINY = ("model.channels=8", "model.context=16", "model.hidden=32", "model.flow_layers=4", "model.min_rows=100",
+        "model.posterior_samples=200", "model.report_spectra=60", "data.batch_size=64", "schedule.name=constant",
+        "schedule.warmup_steps=0", "train.eval_every=20", "checkpoint.every_steps=20", "train.log_every=20")
+
+
+@pytest.fixture(scope="module")
+def sim_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("spectra")
+    cfg = root / "sim.yaml"
+    cfg.write_text(yaml.safe_dump({"spectra-sim": {"n_spectra": 400, "chunk_size": 100, "batch_size": 50,
+                                                   "n_layers": 16, "workers": 2, "seed": 1}}))
+    proc = run_cli([str(BIN / "astrobio-data"), "run", "spectra-sim", "--root", str(root / "data"),
+                    "--config", str(cfg)])
+    assert proc.returncode == 0, proc.stderr
+    return root / "data"
+
+
+def train(sim_root: Path, run_dir: Path, *extra: str):
+    sets = [f"data.root={sim_root}", f"logging.run_dir={run_dir}", *TINY, *extra]
+    return run_cli([str(BIN / "astrobio-train"), "run", "-c", str(REPO / "configs" / "spectrum.yaml"),
+                    *(x for s in sets for x in ("--set", s))])
+
+
+@pytest.fixture(scope="module")
+def trained(sim_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs")
+    proc = train(sim_root, run_dir, "train.max_steps=80")
+    assert proc.returncode == 0, proc.stderr
+    return run_dir / "spectrum"
+
+
+def test_run_reports_r2_and_coverage(trained: Path) -> None:
+    report = (trained / "report.md").read_text()
+    assert "Held-out retrieval" in report and "95% coverage" in report
+    for p in ("temperature", "log_h2o", "log_co2", "radius"):
+        assert f"| {p} |" in report
+    assert len(train_losses(trained)) == 80
+    losses = train_losses(trained)
+    assert np.mean([losses[s] for s in range(71, 81)]) < np.mean([losses[s] for s in range(1, 11)])
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(sim_root: Path, trained: Path, tmp_path: Path) -> None:
+    first = train(sim_root, tmp_path, "train.max_steps=40")
+    assert first.returncode == 0, first.stderr
+    second = train(sim_root, tmp_path, "train.max_steps=80")
+    assert second.returncode == 0, second.stderr
+    assert "resumed from step" in second.stderr
+    got, expected = train_losses(tmp_path / "spectrum"), train_losses(trained)
+    assert sorted(got) == sorted(expected)
+    assert [s for s in expected if got[s] != expected[s]] == []
+
+
+def test_predict_file_on_wasp39b_from_the_bundle(trained: Path, tmp_path: Path) -> None:
+    bundle = load_bundle(trained / "best", "cpu")  # no dataset needed: the state comes from the bundle
+    out = tmp_path / "wasp39b.csv"
+    line = bundle.component.predict_file(bundle.model, str(WASP39B_CSV), str(out), torch.device("cpu"),
+                                         {"mask_um": "3.9-4.2", "samples": 300})
+    used = int(line.split(" from ")[1].split(" of ")[0])
+    assert 100 < used < 171  # PRISM + G395H points minus the masked SO2 range
+    table = pacsv.read_csv(out).to_pydict()
+    assert table["parameter"] == bundle.component.parameters
+    for lo, q2, q97, hi in zip(table["prior_low"], table["q02.5"], table["q97.5"], table["prior_high"], strict=True):
+        assert lo <= q2 <= q97 <= hi
+    with np.load(out.with_suffix(".samples.npz"), allow_pickle=False) as z:
+        assert z["samples"].shape == (300, 7)
+    assert json.loads(out.with_suffix(".json").read_text())["mask_um"] == [[3.9, 4.2]]
+
+
+def test_cli_predict_on_the_bundled_wasp39b_spectrum(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "posterior.csv"
+    proc = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(WASP39B_CSV),
+                    "--output", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    assert "posterior of 7 parameters" in proc.stderr
+    table = pacsv.read_csv(out).to_pydict()
+    assert len(table["median"]) == 7 and all(np.isfinite(table["median"]))
+    assert json.loads(out.with_suffix(".json").read_text())["mask_um"] == [[3.9, 4.2]]  # SO2 masked by default
+    bad = tmp_path / "bad.csv"
+    bad.write_text("wavelength_um,depth_ppm\n1.0,20000\n")
+    proc = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(bad),
+                    "--output", str(tmp_path / "x.csv")])
+    assert proc.returncode == 2 and "error_ppm" in proc.stderr

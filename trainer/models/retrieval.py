@@ -1,0 +1,112 @@
+"""Retrieval network: a 1-D CNN over (depth, uncertainty, mask) per bin conditioning an affine-coupling flow.
+
+The flow (RealNVP, Dinh et al. 2017) maps standardised parameters theta to a standard normal z with conditional
+affine couplings and fixed permutations; its log-density and its inverse (sampling) are exact and cheap, which
+is what a posterior needs (ADC2023's best entries were flows). Masked bins enter as zeros with mask 0, so one
+network serves spectra of any subset of the training bins (PRISM, G395H, or both).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class SpectrumEncoder(nn.Module):
+    """(B, 3, nbins) -> (B, context)."""
+
+    def __init__(self, n_bins: int, channels: int, context: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv1d(3, channels, 5, padding=2), nn.GELU(),
+            nn.Conv1d(channels, channels, 5, padding=2, stride=2), nn.GELU(),
+            nn.Conv1d(channels, channels, 5, padding=2, stride=2), nn.GELU(),
+        )
+        reduced = math.ceil(math.ceil(n_bins / 2) / 2)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * reduced, context), nn.GELU(),
+                                  nn.Linear(context, context))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x))
+
+
+class AffineCoupling(nn.Module):
+    """x_b' = x_b * exp(s(x_a, c)) + t(x_a, c) for the unmasked half b; identity on a. In 1-D, a is empty and
+    s, t depend on the context only."""
+
+    def __init__(self, mask: torch.Tensor, context: int, hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+        dim = mask.numel()
+        self.net = nn.Sequential(nn.Linear(dim + context, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, 2 * dim))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _st(self, xa: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, t = self.net(torch.cat([xa, c], dim=1)).chunk(2, dim=1)
+        s = 2.0 * torch.tanh(s / 2.0) * (1 - self.mask)  # bounded log-scale
+        return s, t * (1 - self.mask)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, t = self._st(x * self.mask, c)
+        return x * torch.exp(s) + t, s.sum(dim=1)
+
+    def inverse(self, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        s, t = self._st(y * self.mask, c)
+        return (y - t) * torch.exp(-s)
+
+
+class ConditionalFlow(nn.Module):
+    """log p(theta | c) = log N(f(theta); 0, I) + log|det df/dtheta|."""
+
+    def __init__(self, dim: int, context: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.dim = dim
+        masks = []
+        for k in range(layers):
+            m = torch.zeros(dim)
+            if dim > 1:
+                m[(k % 2)::2] = 1.0
+            masks.append(m)
+        self.couplings = nn.ModuleList(AffineCoupling(m, context, hidden) for m in masks)
+        perms = [torch.randperm(dim, generator=torch.Generator().manual_seed(k)) for k in range(layers)]
+        self.register_buffer("perms", torch.stack(perms))
+        self.register_buffer("inverse_perms", torch.stack([torch.argsort(p) for p in perms]))
+
+    def log_prob(self, theta: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        x, logdet = theta, torch.zeros(theta.shape[0], device=theta.device, dtype=theta.dtype)
+        for coupling, perm in zip(self.couplings, self.perms, strict=True):
+            x, ld = coupling(x[:, perm], c)
+            logdet = logdet + ld
+        base = -0.5 * (x**2).sum(dim=1) - 0.5 * self.dim * math.log(2 * math.pi)
+        return base + logdet
+
+    def sample(self, c: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, context) -> (B, n, dim) samples."""
+        b = c.shape[0]
+        z = torch.randn(b * n, self.dim, generator=generator, device=c.device, dtype=c.dtype)
+        cc = c.repeat_interleave(n, dim=0)
+        for coupling, inv in zip(reversed(self.couplings), reversed(self.inverse_perms), strict=True):
+            z = coupling.inverse(z, cc)[:, inv]
+        return z.reshape(b, n, self.dim)
+
+
+class RetrievalModel(nn.Module):
+    """Spectrum (B, 3, nbins) -> conditional flow over standardised parameters."""
+
+    def __init__(self, n_bins: int, n_params: int, channels: int = 32, context: int = 64, hidden: int = 128,
+                 layers: int = 6) -> None:
+        super().__init__()
+        self.encoder = SpectrumEncoder(n_bins, channels, context)
+        self.flow = ConditionalFlow(n_params, context, hidden, layers)
+
+    def forward(self, spectrum: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Log-density of standardised theta given the spectrum, (B,)."""
+        return self.flow.log_prob(theta, self.encoder(spectrum))
+
+    @torch.no_grad()
+    def sample(self, spectrum: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.flow.sample(self.encoder(spectrum), n, generator)
