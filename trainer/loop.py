@@ -128,14 +128,18 @@ class Trainer:
             len(data.train), self.cfg.data.batch_size, seed=self.cfg.train.seed, rank=self.env.rank,
             world_size=self.env.world_size, consumed=consumed,
         )
+        # Every loader draws its workers' base seed from its own generator, not from the global RNG that dropout
+        # uses: creating a loader (each evaluation, each resume) must not shift the training random stream.
         loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=data.collate_fn,
-                            num_workers=self.cfg.data.num_workers, persistent_workers=False)
+                            num_workers=self.cfg.data.num_workers, persistent_workers=False,
+                            generator=torch.Generator().manual_seed(self.cfg.train.seed))
         return sampler, iter(loader)
 
     def _eval_loader(self, dataset, collate_fn) -> DataLoader:
         subset = Subset(dataset, eval_indices(len(dataset), self.env.rank, self.env.world_size))
         size = self.cfg.data.eval_batch_size or self.cfg.data.batch_size
-        return DataLoader(subset, batch_size=size, shuffle=False, collate_fn=collate_fn)
+        return DataLoader(subset, batch_size=size, shuffle=False, collate_fn=collate_fn,
+                          generator=torch.Generator().manual_seed(self.cfg.train.seed))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset, collate_fn=None) -> dict[str, float]:
