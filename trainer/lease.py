@@ -3,7 +3,8 @@
 The lease is `<run>/.lease.json` naming its holder (id, host, pod, pid, since, heartbeat). It is created with
 `os.link` of a fully written temp file, which fails when the name exists (atomic on local filesystems and NFS,
 no `flock`); a heartbeat thread rewrites it (temp + `os.replace`) every quarter of the timeout. A holder whose
-heartbeat is older than the timeout is dead (kill -9, lost node): the next run renames its lease aside (only
+heartbeat is older than the timeout is dead (kill -9, lost node), and so is a holder on this same host and pod
+whose process no longer exists (or is a zombie): the next run renames its lease aside (only
 one taker can), checks that it moved the lease it judged stale, and links its own. A holder that finds the
 lease no longer names it has lost it and must stop without writing.
 """
@@ -54,6 +55,21 @@ class Holder:
 
 def new_holder_id() -> str:
     return secrets.token_hex(6)
+
+
+def process_gone(pid: int) -> bool:
+    """True when no process has this pid here, or it is a zombie (killed, not yet reaped by its parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def read_holder(path: Path) -> Holder | None:
@@ -109,7 +125,12 @@ class Lease:
             self._start()
             return
         current = read_holder(self.path)
-        if current is None or time.time() - current.heartbeat <= self.timeout:
+        if current is None:
+            raise self._held_by(current)
+        aged = time.time() - current.heartbeat > self.timeout
+        here = current.host == self.holder.host and current.pod == self.holder.pod
+        died_here = here and current.pid != self.holder.pid and process_gone(current.pid)
+        if not (aged or died_here):
             raise self._held_by(current)
         aside = self.path.with_name(f"{LEASE_FILE}.stale-{self.holder.id}")
         try:
@@ -125,8 +146,9 @@ class Lease:
         aside.unlink(missing_ok=True)
         if not self._link():
             raise self._held_by(read_holder(self.path))
-        log.warning("took over the lease of %s: older than checkpoint.lease_timeout_seconds=%g",
-                    current.describe(), self.timeout)
+        why = (f"older than checkpoint.lease_timeout_seconds={self.timeout:g}" if aged
+               else "its process no longer exists on this host")
+        log.warning("took over the lease of %s: %s", current.describe(), why)
         self._start()
 
     def _start(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -42,6 +43,8 @@ def test_second_run_exits_2_and_a_dead_holder_is_taken_over(data_root: Path, tmp
         first.wait(timeout=30)
     assert json.loads(lease_file.read_text())["id"] == holder["id"]  # kill -9 leaves the lease behind
     resume_from = max(checkpoint_steps(run))
+    # As if the holder had run on a node that is gone: its pid cannot be checked from here, only its heartbeat.
+    lease_file.write_text(json.dumps({**json.loads(lease_file.read_text()), "host": "lost-node"}) + "\n")
     time.sleep(2.5)  # the dead holder's heartbeat ages past checkpoint.lease_timeout_seconds=2
     third = run_cli(planets_args(data_root, tmp_path, *LONG[1:], f"train.max_steps={resume_from + 5}"))
     assert third.returncode == 0, third.stderr[-3000:]
@@ -49,3 +52,25 @@ def test_second_run_exits_2_and_a_dead_holder_is_taken_over(data_root: Path, tmp
     assert f"resumed from step {resume_from}" in third.stderr
     assert not list((run / "checkpoints").glob(".tmp-*")), "the dead holder's temp folder was left"
     assert not lease_file.exists(), "the lease was not released at the end"
+
+
+def test_a_holder_whose_process_is_gone_on_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
+    """kill -9 on the same host and pod: a fresh heartbeat, but the pid no longer exists (a restarted job)."""
+    from trainer.lease import Lease, LeaseHeld
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    holder = Lease(tmp_path, 60, "deadbeef0001")
+    holder.acquire()
+    holder.release()
+    record = {**json.loads(json.dumps(holder.holder.__dict__)), "pid": dead.pid, "heartbeat": time.time()}
+    (tmp_path / ".lease.json").write_text(json.dumps(record) + "\n")
+    taker = Lease(tmp_path, 60, "deadbeef0002")
+    taker.acquire()  # no wait for the 60 s timeout
+    assert json.loads((tmp_path / ".lease.json").read_text())["id"] == "deadbeef0002"
+    taker.release()
+
+    alive = {**record, "pid": os.getppid()}  # a live process on this host holds it: refused
+    (tmp_path / ".lease.json").write_text(json.dumps(alive) + "\n")
+    with pytest.raises(LeaseHeld, match=f"in use by pid {os.getppid()}"):
+        Lease(tmp_path, 60, "deadbeef0003").acquire()
