@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # one full `make train`-sized run (ensemble + 7 r
 @pytest.fixture(scope="module")
 def trained(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str, float]]:
     runs = tmp_path_factory.mktemp("planets-v2")
-    result = run_cli(planets_args(data_root, runs), timeout=600)
+    result = run_cli(planets_args(data_root, runs, "model.protocol_evaluation=true"), timeout=600)
     assert result.returncode == 0, result.stderr
     run = runs / "planets"
     report = (run / "report.md").read_text()

@@ -17,7 +17,8 @@ from tests.conftest import BIN, REPO, cli_env, run_cli, wait_for
 from tests.trainer.postgres import postgres_url  # noqa: F401  (session fixture)
 
 TINY = ["train.max_steps=60", "train.eval_every=10", "train.early_stopping_patience=null",
-        "schedule.warmup_steps=0", "checkpoint.every_steps=1000", "train.precision=fp32", "train.device=cpu"]
+        "schedule.warmup_steps=0", "checkpoint.every_steps=1000", "train.precision=fp32", "train.device=cpu",
+        "model.protocol_evaluation=false"]  # the objective is the validation loss; no report re-trainings
 SPACE = {
     "metric": "val_loss",
     "direction": "minimize",
