@@ -76,11 +76,15 @@ class PlanetsModelConfig(ModelConfig):
         description="discovery methods whose radius is a transit measurement (used where tran_flag is null)",
     )
     exclude_catalogue_lists: list[str] = Field(default_factory=lambda: ["Controversial", "Retracted"])
-    min_rows: int = Field(100, gt=0, description="fewer usable rows than this stops the run")
+    min_rows: int = Field(100, gt=0, description="fewer usable rows than this stops training (evaluating a trained "
+                          "bundle on another version needs 20)")
     protocol_evaluation: bool = Field(True, description="re-train and score the random-seed, period and time splits "
                                       "in the report (false: score this run's test split only)")
     eval_split_seeds: int = Field(5, gt=1, description="random splits re-trained in the evaluation")
     eval_holdout_fraction: float = Field(0.2, gt=0, lt=1, description="share held out by period and by year")
+
+
+EVALUATE_MIN_ROWS = 20  # a frozen bundle fits nothing on the rows it scores: fewer rows only widen its error bars
 
 
 def split_of(name: str, seed: int, val: float, test: float) -> str:
@@ -216,7 +220,7 @@ class PlanetsComponent(Component):
         card = [f"Rows in `{ref}`: {n}; used: {len(keep)} (measured transit radius and measured mass).", "",
                 "| excluded because (first rule that applies, in this order) | rows |", "|---|---|"]
         card += [f"| {reason} | {count} |" for reason, count in reasons.most_common()]
-        if len(keep) < cfg.min_rows:
+        if len(keep) < (min(cfg.min_rows, EVALUATE_MIN_ROWS) if self.frozen else cfg.min_rows):
             top = reasons.most_common(1)[0][0] if reasons else "no rows"
             raise DataError(
                 f"{ref}: only {len(keep)} planets have measured masses and transit radii (most excluded: {top}); "

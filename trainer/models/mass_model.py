@@ -106,12 +106,14 @@ def gaussian_nll(mu: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor, y_err: 
                  weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean negative log-likelihood of y (B,) under N(mu, sigma^2 + y_err^2) for each member (B, K).
 
-    y_err is the measurement uncertainty of y (0 where unknown); weights (B, K) are bootstrap counts."""
+    y_err is the measurement uncertainty of y (0 where unknown); weights (B, K) are Poisson(1) bootstrap counts.
+    The weighted sum is divided by the number of entries (the weights' expected sum), not by the batch's own
+    weight sum, so the loss does not depend on how a global batch is split across data-parallel ranks."""
     var = sigma**2 + y_err.unsqueeze(1) ** 2
     nll = 0.5 * (torch.log(2 * math.pi * var) + (y.unsqueeze(1) - mu) ** 2 / var)
     if weights is None:
         return nll.mean()
-    return (nll * weights).sum() / weights.sum().clamp(min=1.0)
+    return (nll * weights).mean()
 
 
 def mixture_cdf(value: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
