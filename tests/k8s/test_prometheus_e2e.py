@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, wait_for
+from tests.conftest import REPO, free_port, require_module, wait_for
 from tests.k8s.chart import base_metric, contract_metrics, render, rules_spec
 from tests.k8s.pods import Pod, replica_pods
 from tests.k8s.prometheus import Prometheus
@@ -93,7 +93,7 @@ def test_prometheus_scrapes_a_real_run_and_the_nan_alert_fires(
 @pytest.mark.gpu
 def test_cuda_run_exports_the_gpu_memory_gauges(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """On a CUDA machine the planets pod of manifests/planets-job.yaml exports what the GPU panels and alert read."""
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     data_root = request.getfixturevalue("data_root")
