@@ -53,6 +53,7 @@ def train(cfg: RunConfig) -> tuple[RunResult, Path | None]:
                 model.load_state_dict(final_weights)
                 best_info, weights, step = {}, unique_storage(final_weights), result.step
             # best/ becomes the bundle: weights + component state + config + lineage + training domain
+            component.calibrate(model, trainer.data, env.device)
             has_bundle = bundle.has_state(component)
             if has_bundle:
                 bundle.write_bundle(best_dir, weights=weights, component=component, cfg=cfg,

@@ -33,18 +33,21 @@ def test_round_trip_equals_the_in_memory_model_and_needs_no_data(bundle_run: Pat
     component, data, table = held_out(bundle_run)
     model = component.build_model(data)
     load_weights(model, best / "model.safetensors")
+    component.calibrate(model, data, torch.device("cpu"))
     model.eval()
     with torch.no_grad():
-        expected = component.predict(model, table.drop_columns(["pl_bmasse"]), torch.device("cpu"))
-    expected = expected.column("pl_bmasse_pred").to_numpy()
+        predicted = component.predict(model, table.drop_columns(["pl_bmasse"]), torch.device("cpu"))
+    expected = predicted.column("pl_bmasse_pred").to_numpy()
 
     data_root = Path(load_bundle(bundle_run).config.data.root)
     moved = data_root.with_name("data-moved-away")
     data_root.rename(moved)
     try:
         bundle = load_bundle(bundle_run)
-        got = bundle.predict(table.drop_columns(["pl_bmasse"])).column("pl_bmasse_pred").to_numpy()
-        assert np.array_equal(got, expected)
+        got = bundle.predict(table.drop_columns(["pl_bmasse"]))
+        assert np.array_equal(got.column("pl_bmasse_pred").to_numpy(), expected)
+        for interval in ("pl_bmasse_lo68", "pl_bmasse_hi95"):  # the recalibrated bounds travel in the state
+            assert np.array_equal(got.column(interval).to_numpy(), predicted.column(interval).to_numpy())
         exported = run_cli([str(BIN / "astrobio-train"), "export", "-m", str(bundle_run), "--out",
                             str(tmp_path / "exported")])
         assert exported.returncode == 0, exported.stderr

@@ -143,6 +143,11 @@ class Component(ABC):
         """Training FLOPs per sample (forward + backward), for MFU; None when unknown."""
         return None
 
+    def calibrate(self, model: nn.Module, data: ComponentData, device: torch.device) -> None:
+        """Fit post-training statistics that predict needs from the validation split (rank 0, after training,
+        before the bundle is written; e.g. recalibrated intervals); none by default."""
+        return None
+
     def report(self, model: nn.Module, data: ComponentData, device: torch.device) -> list[ReportSection]:
         """Final evaluation sections for report.md (rank 0, after training)."""
         return []

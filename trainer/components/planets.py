@@ -35,7 +35,13 @@ from trainer.components.base import (
     ReportSection,
     StepOutput,
 )
-from trainer.models.mass_model import MassModel, gaussian_nll, mixture_quantiles
+from trainer.models.mass_model import (
+    CentralIntervalCalibration,
+    MassModel,
+    gaussian_nll,
+    mixture_cdf,
+    mixture_quantiles,
+)
 from trainer.science.mass_radius import log_mass_posterior
 
 SHARD = "planets.parquet"
@@ -184,6 +190,15 @@ def predict_members(model: nn.Module, x: np.ndarray, log_r: np.ndarray, device: 
     return np.concatenate(mus).astype(np.float64), np.concatenate(sigmas).astype(np.float64)
 
 
+def validation_calibration(model: nn.Module, scaling: Scaling, val: Rows,
+                           device: torch.device) -> CentralIntervalCalibration:
+    """Interval recalibration from the validation rows' PIT (the measurement error widens every member)."""
+    mu, sigma = predict_members(model, scaling.transform(val.raw), np.log10(val.radius), device)
+    total = np.sqrt(sigma**2 + val.log_mass_err[:, None] ** 2)
+    pit = mixture_cdf(torch.tensor(val.log_mass), torch.tensor(mu), torch.tensor(total)).numpy()
+    return CentralIntervalCalibration.from_pit(pit)
+
+
 class PlanetsComponent(Component):
     name = "planets"
     description = "planet mass with intervals from radius, orbit and host star (ensemble anchored to Chen & Kipping)"
@@ -294,7 +309,19 @@ class PlanetsComponent(Component):
         "st_met": ("dex", None, None, "stellar metallicity [Fe/H]"),
     }
     OUTPUTS = ("pl_bmasse_pred", "pl_bmasse_lo68", "pl_bmasse_hi68", "pl_bmasse_lo95", "pl_bmasse_hi95")
-    QUANTILES = (0.5, 0.16, 0.84, 0.025, 0.975)  # in OUTPUTS order
+    INTERVALS = (0.68, 0.95)  # central intervals, in OUTPUTS order after the median
+
+    def quantile_levels(self) -> list[float]:
+        """The mixture quantiles behind OUTPUTS: the median, then each interval's recalibrated bounds."""
+        levels = [0.5]
+        for coverage in self.INTERVALS:
+            half = self.calibration.mixture_level(coverage) / 2
+            levels += [0.5 - half, 0.5 + half]
+        return levels
+
+    def calibrate(self, model: nn.Module, data: ComponentData, device: torch.device) -> None:
+        """Recalibrate the central intervals on the validation planets (never on the test split)."""
+        self.calibration = validation_calibration(model, self.scaling, self.rows.take(self.split == "val"), device)
 
     def _input_columns(self) -> list[str]:
         return [FEATURES[f][0] for f in self.model_cfg.features]
@@ -320,7 +347,8 @@ class PlanetsComponent(Component):
         meta = {"features": list(self.model_cfg.features), "median": self.scaling.median.tolist(),
                 "mean": self.scaling.mean.tolist(), "std": self.scaling.std.tolist(),
                 "target": "log10 pl_bmasse [Earth masses]; anchor: Chen & Kipping (2017, ApJ 834, 17)"}
-        return ComponentState(meta, {f"train_{c}": v for c, v in self._train_inputs.items()})
+        arrays = {f"train_{c}": v for c, v in self._train_inputs.items()}
+        return ComponentState(meta, arrays | {"calibration_levels": self.calibration.levels})
 
     def load_state(self, state: ComponentState) -> None:
         meta = state.meta
@@ -330,6 +358,10 @@ class PlanetsComponent(Component):
                               for c in self._input_columns()}
         self.scaling = Scaling(*(np.array(meta[k], dtype=np.float64) for k in ("median", "mean", "std")))
         self.train_x = self.scaling.transform(self._raw_features(self._train_inputs))
+        if "calibration_levels" not in state.arrays:
+            raise DataError("bundle state has no interval calibration (written before it existed); retrain it with "
+                            "`astrobio-train run -c configs/planets.yaml`")
+        self.calibration = CentralIntervalCalibration(state.arrays["calibration_levels"])
         self.frozen = True
 
     def input_schema(self) -> list[InputField]:
@@ -345,11 +377,12 @@ class PlanetsComponent(Component):
         return self.scaling.transform(self._raw_features(self._table_inputs(inputs)))[:, : len(self.model_cfg.features)]
 
     def predict(self, model: nn.Module, inputs: pa.Table, device: torch.device) -> pa.Table:
-        """Median and 68%/95% central intervals of the predictive mixture (ensemble spread included)."""
+        """Median of the predictive mixture (ensemble spread included) and its 68%/95% central intervals,
+        recalibrated on the validation split."""
         values = self._table_inputs(inputs)
         mu, sigma = predict_members(model, self.scaling.transform(self._raw_features(values)),
                                     np.log10(values["pl_rade"]), device)
-        q = mixture_quantiles(torch.tensor(mu), torch.tensor(sigma), list(self.QUANTILES)).numpy()
+        q = mixture_quantiles(torch.tensor(mu), torch.tensor(sigma), self.quantile_levels()).numpy()
         return pa.table({name: pa.array(10.0 ** q[:, i], type=pa.float64()) for i, name in enumerate(self.OUTPUTS)})
 
     # -- model and loss ------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 Every split is scored against the Chen & Kipping (2017, ApJ 834, 17) relation (its posterior median and
 16-84% spread at the planet's radius) and a constant baseline (training mean and standard deviation), in RMSE
 of log10 mass [dex], mean Gaussian negative log-likelihood and 68%/95% interval coverage. The re-trained
-splits use the run's own hyper-parameters, early-stopped on a validation share of their training rows; the
-test rows of a split are never used to choose anything.
+splits use the run's own hyper-parameters, early-stopped on a validation share of their training rows, whose
+PIT values also recalibrate the model's intervals; the test rows of a split are never used to choose anything.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ import numpy as np
 import torch
 
 from trainer.components.base import ReportSection
-from trainer.models.mass_model import EARTH_DENSITY, gaussian_nll, mixture_cdf, mixture_quantiles
+from trainer.models.mass_model import (
+    EARTH_DENSITY,
+    CentralIntervalCalibration,
+    gaussian_nll,
+    mixture_cdf,
+    mixture_quantiles,
+)
 from trainer.science.mass_radius import log_mass_posterior
 
 if TYPE_CHECKING:
@@ -30,17 +36,21 @@ GOAL_DENSITY = (0.05, 30.0)  # g/cm^3
 
 @dataclass
 class Scored:
-    """Per test row: truth, radius, measurement error and each predictor's Gaussian members (N, K) in log10 M
-    (K = 1 for the baselines); the predictive distribution is their equal-weight mixture."""
+    """Per test row: truth, radius, measurement error, each predictor's Gaussian members (N, K) in log10 M
+    (K = 1 for the baselines; the predictive distribution is their equal-weight mixture) and the central level
+    at which the truth sits in each predictor's intervals (recalibrated for the model; `UNCALIBRATED` holds the
+    model's plain mixture levels)."""
 
     truth: np.ndarray
     radius: np.ndarray
     err: np.ndarray
     preds: dict[str, tuple[np.ndarray, np.ndarray]]
+    levels: dict[str, np.ndarray]
 
     def take(self, mask: np.ndarray) -> Scored:
         return Scored(self.truth[mask], self.radius[mask], self.err[mask],
-                      {k: (m[mask], s[mask]) for k, (m, s) in self.preds.items()})
+                      {k: (m[mask], s[mask]) for k, (m, s) in self.preds.items()},
+                      {k: v[mask] for k, v in self.levels.items()})
 
     @staticmethod
     def concat(parts: list[Scored]) -> Scored:
@@ -48,34 +58,43 @@ class Scored:
             return np.concatenate([get(p) for p in parts])
 
         preds = {k: (cat(lambda p, k=k: p.preds[k][0]), cat(lambda p, k=k: p.preds[k][1])) for k in parts[0].preds}
-        return Scored(cat(lambda p: p.truth), cat(lambda p: p.radius), cat(lambda p: p.err), preds)
+        levels = {k: cat(lambda p, k=k: p.levels[k]) for k in parts[0].levels}
+        return Scored(cat(lambda p: p.truth), cat(lambda p: p.radius), cat(lambda p: p.err), preds, levels)
 
     def median(self, which: str) -> np.ndarray:
         mu, sigma = self.preds[which]
         return mixture_quantiles(torch.tensor(mu), torch.tensor(sigma), [0.5])[:, 0].numpy()
 
-    def pit(self, which: str) -> np.ndarray:
-        """Predictive CDF at the observed value (the measurement error widens every member)."""
-        mu, sigma = self.preds[which]
-        total = np.sqrt(sigma**2 + self.err[:, None] ** 2)
-        return mixture_cdf(torch.tensor(self.truth), torch.tensor(mu), torch.tensor(total)).numpy()
+    def coverage(self, which: str, level: float) -> float:
+        """Share of rows inside `which`'s central interval of nominal `level`."""
+        return float(np.mean(self.levels[which] <= level))
 
     def metrics(self, which: str) -> dict[str, float]:
+        """RMSE of the median and NLL of the (uncalibrated) mixture, both widened by the measurement error where
+        known; coverage of the 68% and 95% intervals."""
         mu, sigma = self.preds[which]
         total = np.sqrt(sigma**2 + self.err[:, None] ** 2)
         density = np.exp(-0.5 * ((self.truth[:, None] - mu) / total) ** 2) / (np.sqrt(2 * np.pi) * total)
-        centred = np.abs(self.pit(which) - 0.5)
         return {"rmse": float(np.sqrt(np.mean((self.median(which) - self.truth) ** 2))),
                 "nll": float(-np.log(density.mean(axis=1)).mean()),
-                "cov68": float(np.mean(centred <= 0.34)), "cov95": float(np.mean(centred <= 0.475))}
+                "cov68": self.coverage(which, 0.68), "cov95": self.coverage(which, 0.95)}
 
 
 PREDICTORS = ("model", "chen_kipping", "constant")
+UNCALIBRATED = "model, uncalibrated"
+
+
+def central_level(truth: np.ndarray, err: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """2|PIT - 0.5|: the central level of the mixture at the observed value (measurement error widens members)."""
+    total = np.sqrt(sigma**2 + err[:, None] ** 2)
+    pit = mixture_cdf(torch.tensor(truth), torch.tensor(mu), torch.tensor(total)).numpy()
+    return 2 * np.abs(pit - 0.5)
 
 
 def fit(component: PlanetsComponent, train: Rows, val: Rows, seed: int):
-    """Train a fresh ensemble on `train`, early-stopped on `val`, with the run's hyper-parameters."""
-    from trainer.components.planets import Scaling, bootstrap_weights, build_mass_model, tensors
+    """Train a fresh ensemble on `train`, early-stopped on `val` (whose PIT recalibrates its intervals), with the
+    run's hyper-parameters."""
+    from trainer.components.planets import Scaling, bootstrap_weights, build_mass_model, tensors, validation_calibration
 
     cfg, run = component.model_cfg, component.cfg
     torch.manual_seed(seed)
@@ -108,11 +127,13 @@ def fit(component: PlanetsComponent, train: Rows, val: Rows, seed: int):
                     break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return model, scaling
+    return model, scaling, validation_calibration(model, scaling, val, next(model.parameters()).device)
 
 
-def score(model: torch.nn.Module, scaling, train: Rows, test: Rows, device: torch.device) -> Scored:
-    """The model, Chen & Kipping and the constant baseline on the test rows."""
+def score(model: torch.nn.Module, scaling, calibration: CentralIntervalCalibration, train: Rows, test: Rows,
+          device: torch.device) -> Scored:
+    """The model (its intervals recalibrated by `calibration`), Chen & Kipping and the constant baseline on the
+    test rows."""
     from trainer.components.planets import predict_members
 
     model = model.to(device)
@@ -120,8 +141,11 @@ def score(model: torch.nn.Module, scaling, train: Rows, test: Rows, device: torc
     ck_mean, ck_sigma = log_mass_posterior(test.radius)
     n = len(test.names)
     const = (np.full((n, 1), train.log_mass.mean()), np.full((n, 1), train.log_mass.std()))
-    return Scored(test.log_mass, test.radius, test.log_mass_err,
-                  {"model": members, "chen_kipping": (ck_mean[:, None], ck_sigma[:, None]), "constant": const})
+    preds = {"model": members, "chen_kipping": (ck_mean[:, None], ck_sigma[:, None]), "constant": const}
+    levels = {k: central_level(test.log_mass, test.log_mass_err, *v) for k, v in preds.items()}
+    levels[UNCALIBRATED] = levels["model"]
+    levels["model"] = calibration.calibrated_level(levels[UNCALIBRATED])
+    return Scored(test.log_mass, test.radius, test.log_mass_err, preds, levels)
 
 
 def holdout_by(values: np.ndarray, fraction: float) -> tuple[np.ndarray, float]:
@@ -154,10 +178,10 @@ def evaluate(component: PlanetsComponent, model: torch.nn.Module, device: torch.
     def retrain(test: np.ndarray, seed: int) -> Scored:
         rest = rows.take(~test)
         v = val_mask(rest.names, seed)
-        m, scaling = fit(component, rest.take(~v), rest.take(v), seed)
-        return score(m, scaling, rest.take(~v), rows.take(test), device)
+        return score(*fit(component, rest.take(~v), rest.take(v), seed), rest.take(~v), rows.take(test), device)
 
-    main = score(model, component.scaling, rows.take(split == "train"), component.held_out, device)
+    main = score(model, component.scaling, component.calibration, rows.take(split == "train"), component.held_out,
+                 device)
     header = ("| split | test planets | RMSE model | RMSE C&K | RMSE constant | NLL model | NLL C&K | NLL constant "
               "| 68% cov. model | 95% cov. model | 68% cov. C&K | 95% cov. C&K |")
     lines = [header, "|" + "---|" * 12]
@@ -182,8 +206,8 @@ def evaluate(component: PlanetsComponent, model: torch.nn.Module, device: torch.
     randoms = []
     for s in seeds:
         labels = np.array([split_of(nm, s, val_f, test_f) for nm in rows.names])
-        fit_model, scaling = fit(component, rows.take(labels == "train"), rows.take(labels == "val"), s)
-        randoms.append(score(fit_model, scaling, rows.take(labels == "train"), rows.take(labels == "test"), device))
+        fitted = fit(component, rows.take(labels == "train"), rows.take(labels == "val"), s)
+        randoms.append(score(*fitted, rows.take(labels == "train"), rows.take(labels == "test"), device))
     period_test, period_cut = holdout_by(rows.period, cfg.eval_holdout_fraction)
     period = retrain(period_test, run.data.split_seed)
     year = cutoff_year(rows.year, cfg.eval_holdout_fraction)
@@ -213,6 +237,7 @@ def evaluate(component: PlanetsComponent, model: torch.nn.Module, device: torch.
     densities = np.concatenate([10 ** sc.median("model") / sc.radius**3 * EARTH_DENSITY
                                 for sc in (main, *randoms, period, time)])
     cov68, cov95 = pooled_m["model"]["cov68"], pooled_m["model"]["cov95"]
+    raw68, raw95 = pooled.coverage(UNCALIBRATED, 0.68), pooled.coverage(UNCALIBRATED, 0.95)
     goals = [
         ("random split beats C&K: mean RMSE improvement > 2 std over seeds",
          f"{imp_mean:.3f} +- {imp_std:.3f} dex ({', '.join(f'{x:.3f}' for x in improvements)})",
@@ -226,6 +251,8 @@ def evaluate(component: PlanetsComponent, model: torch.nn.Module, device: torch.
     ]
     lines += ["", "Goals (issue 9):", "", "| goal | measured | met |", "|---|---|---|"]
     lines += [f"| {g} | {v} | {'yes' if ok else 'NO'} |" for g, v, ok in goals]
+    lines += ["", f"Coverage of the model's intervals before the recalibration on validation rows (random, pooled): "
+              f"68% {raw68:.3f}, 95% {raw95:.3f}."]
 
     if run_dir is None:
         lines += ["", "Figures (calibration.png, residuals.png) are written with the training report only."]
@@ -236,8 +263,9 @@ def evaluate(component: PlanetsComponent, model: torch.nn.Module, device: torch.
               "and 16-84% half-width of log10 M at the planet's radius; constant = training mean and standard "
               "deviation of log10 M. Data: see 'Data used' (NASA Exoplanet Archive / Open Exoplanet Catalogue). "
               "The predictive distribution of log10 M is the equal-weight mixture of the ensemble members' Gaussians "
-              "(so it holds their disagreement); point predictions are its median, intervals its central quantiles, "
-              "widened by the measurement error where the data has one. Re-trained "
+              "(so it holds their disagreement); point predictions are its median, intervals its central quantiles at "
+              "levels recalibrated on the validation rows' PIT (Kuleshov et al. 2018), scored with the measurement "
+              "error widening every member where the data has one; NLL is that of the mixture itself. Re-trained "
               "splits take their validation share from the training side (same name hash); the period and time "
               "thresholds depend only on periods and years, never on scores."]
     metrics |= {
@@ -245,6 +273,7 @@ def evaluate(component: PlanetsComponent, model: torch.nn.Module, device: torch.
         "random_improvement_mean_dex": imp_mean, "random_improvement_std_dex": imp_std,
         "period_rmse_minus_ck_dex": period_gap, "time_rmse_minus_ck_dex": time_gap,
         "coverage68_random": cov68, "coverage95_random": cov95,
+        "coverage68_random_uncalibrated": raw68, "coverage95_random_uncalibrated": raw95,
         "density_min_gcc": float(densities.min()), "density_max_gcc": float(densities.max()),
     }
     return [ReportSection(title, "\n".join(lines), metrics)]
@@ -268,11 +297,11 @@ def _calibration_png(run_dir: Path, pooled: Scored, period: Scored, time: Scored
     levels = np.linspace(0.05, 0.95, 19)
     fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
     ax.plot([0, 1], [0, 1], "k:", linewidth=1, label="ideal")
-    curves = (("model, random", pooled, "model"), ("model, period", period, "model"),
-              ("model, time-forward", time, "model"), ("Chen & Kipping, random", pooled, "chen_kipping"))
+    curves = (("model, random", pooled, "model"), ("model before recalibration, random", pooled, UNCALIBRATED),
+              ("model, period", period, "model"), ("model, time-forward", time, "model"),
+              ("Chen & Kipping, random", pooled, "chen_kipping"))
     for label, sc, which in curves:
-        centred = np.abs(sc.pit(which) - 0.5)
-        ax.plot(levels, [np.mean(centred <= p / 2) for p in levels], "o-", markersize=3, label=label)
+        ax.plot(levels, [sc.coverage(which, p) for p in levels], "o-", markersize=3, label=label)
     ax.set_xlabel("nominal central interval")
     ax.set_ylabel("share of test planets inside")
     ax.grid(alpha=0.3)
