@@ -1,4 +1,4 @@
-"""metabolic: the bundled BiGG snapshot and KGML/SBML files -> bipartite node/edge tables, quarantine, rerun, checksums."""
+"""metabolic: the bundled BiGG snapshot and KGML/SBML files -> bipartite node/edge tables, quarantine, checksums."""
 
 from __future__ import annotations
 

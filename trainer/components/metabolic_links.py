@@ -3,8 +3,11 @@ with AUROC and average precision against the length-3-path forms of common neigh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +42,7 @@ class LinkModelConfig(ModelConfig):
     hidden: int = Field(64, gt=0)
     layers: int = Field(2, gt=0, description="GraphSAGE layers")
     dropout: float = Field(0.1, ge=0, lt=1)
-    pair_features: bool = Field(False, description="give the decoder log1p(CN3) and AA3 of each pair")
+    pair_features: bool = Field(True, description="give the decoder log1p(CN3) and AA3 of each pair")
     disjoint_train_ratio: float = Field(0.3, ge=0, lt=1, description="share of training edges used only as "
                                         "supervision, never as message edges (PyG RandomLinkSplit)")
     negatives_per_positive: float = Field(1.0, gt=0, description="random non-edges per training edge per step")
@@ -112,7 +115,22 @@ def message_index(g: Graph) -> torch.Tensor:
 
 
 def seed_of(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big") >> 32
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch, numpy and Python's random (PyG's negative sampling draws from `random`), restoring them after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class PairSet(torch.utils.data.Dataset):
@@ -134,8 +152,7 @@ class PairSet(torch.utils.data.Dataset):
 
             n = max(1, round(len(pos) * self.component.model_cfg.negatives_per_positive))
             known = torch.from_numpy(item["known"].T.copy()).long()
-            with torch.random.fork_rng():
-                torch.manual_seed(seed_of(self.component.cfg.train.seed, g.name, i))
+            with seeded(seed_of(self.component.cfg.train.seed, g.name, i)):
                 neg = negative_sampling(known, num_nodes=(len(g.metabolite_ids), len(g.reaction_ids)),
                                         num_neg_samples=n).T.numpy()
             pos = np.concatenate([pos, neg])
@@ -237,8 +254,7 @@ class MetabolicLinksComponent(Component):
                                       disjoint_train_ratio=cfg.disjoint_train_ratio, neg_sampling_ratio=1.0,
                                       add_negative_train_samples=False, edge_types=[EDGE_TYPE],
                                       rev_edge_types=[("reaction", "has", "metabolite")])
-            with torch.random.fork_rng():
-                torch.manual_seed(seed_of(seed, name))
+            with seeded(seed_of(seed, name)):
                 tr, va, te = split(het)
             train_graph, val_graph, test_graph = (self.graph(name, nd, d[EDGE_TYPE].edge_index.T.numpy(),
                                                              d[EDGE_TYPE].role.numpy()) for d in (tr, va, te))
