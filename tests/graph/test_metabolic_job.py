@@ -81,13 +81,14 @@ def test_a_reaction_with_an_undeclared_species_is_quarantined_with_its_reason(tm
 
 
 def test_a_kgml_pathway_file_becomes_a_bipartite_network(tmp_path: Path) -> None:
-    kgml = require_module("Bio.KEGG.KGML.KGML_parser", "the science extra") and __import__(
-        "Bio.KEGG.KGML.KGML_parser", fromlist=["read"])
+    require_module("Bio", "the science extra")
+    from Bio.KEGG.KGML import KGML_parser
+
     root = str(tmp_path / "data")
     assert main(["run", "metabolic", "--from-file", str(KGML), "--root", root]) == 0
     version = Store(root).open("metabolic@latest")
     net = version.read_table("networks.parquet").to_pylist()[0]
-    pathway = kgml.read(KGML.open())
+    pathway = KGML_parser.read(KGML.open())
     reactions = {r.name for r in pathway.reactions if r.substrates and r.products}
     compounds = {c.name.removeprefix("cpd:") for r in pathway.reactions if r.substrates and r.products
                  for c in (*r.substrates, *r.products)}

@@ -45,7 +45,7 @@ def test_cn3_and_aa3_on_a_hand_made_graph() -> None:
     edges = np.array([(0, 0), (1, 0), (1, 1), (2, 1), (2, 2), (3, 2), (4, 0), (4, 1), (4, 2)])
     pairs = np.array([(0, 1), (0, 2), (3, 0), (2, 0)])
     s = l3_scores(edges, 5, 3, pairs)
-    # (0, r1): walks 0-r0-1-r1 and 0-r0-4-r1; (0, r2): 0-r0-4-r2; (3, r0): 3-r2-2-.. no, 3-r2-4-r0;
+    # walks m - r' - m' - r: (0, r1): 0-r0-1-r1, 0-r0-4-r1; (0, r2): 0-r0-4-r2; (3, r0): 3-r2-4-r0;
     # (2, r0): 2-r1-1-r0, 2-r1-4-r0, 2-r2-4-r0
     assert s["CN3"].tolist() == [2, 1, 1, 3]
     w = {k: 1 / math.sqrt(math.log(k)) for k in (2, 3, 4)}  # k_r0 = 3, k_r1 = 3, k_r2 = 3; k_1 = 2, k_4 = 3
