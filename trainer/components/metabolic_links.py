@@ -175,7 +175,7 @@ class MetabolicLinksComponent(Component):
     name = "metabolic-links"
     description = "metabolite-reaction link prediction (GraphSAGE + MLP decoder) vs CN3/AA3 path baselines"
     model_config_cls = LinkModelConfig
-    needs = ("graph",)
+    needs = ("graph", "metabolic")
 
     # -- graphs ------------------------------------------------------------------------------------
     def graph(self, name: str, nodes: pa.Table, edges: np.ndarray, roles: np.ndarray) -> Graph:
@@ -348,8 +348,8 @@ class MetabolicLinksComponent(Component):
 
     # -- report --------------------------------------------------------------------------------------
     def report(self, model: nn.Module, data: ComponentData, device: torch.device) -> list[ReportSection]:
-        from sklearn.metrics import average_precision_score, roc_auc_score
-
+        sk = require("sklearn.metrics", "metabolic")
+        roc_auc_score, average_precision_score = sk.roc_auc_score, sk.average_precision_score
         cfg: LinkModelConfig = self.model_cfg
         run_dir = Path(self.cfg.logging.run_dir) / self.cfg.run_name
         run_dir.mkdir(parents=True, exist_ok=True)
