@@ -4,7 +4,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 TOOLS := $(CURDIR)/.tools/bin
-EXTRAS ?= train,s3,wandb,tensorboard,graph,chem,science,text,climate,lora,deepspeed,gpu,tune,test
+EXTRAS ?= train,s3,wandb,tensorboard,graph,chem,metabolic,science,text,climate,lora,deepspeed,gpu,tune,test
 # torch must come from the CPU wheel: a local wheel folder (PIP_FIND_LINKS) when the machine has one,
 # else PyTorch's CPU index. Installing it first keeps pip from pulling CUDA packages.
 TORCH_SPEC := torch==2.13.0

@@ -17,6 +17,7 @@ SOURCES = {
     "mast": "mast",
     "exoplasim-sweep": "exoplasim_sweep",
     "molecules": "molecules",
+    "metabolic": "metabolic",
     "spectra-sim": "spectra_sim",
     "spectra-grid": "spectra_grid",
 }

@@ -13,6 +13,7 @@ REGISTRY: dict[str, str] = {
     "llm": "trainer.components.llm:LLMComponent",
     "datacube": "trainer.components.datacube:DatacubeComponent",
     "graph-vae": "trainer.components.graph_vae:GraphVAEComponent",
+    "metabolic-links": "trainer.components.metabolic_links:MetabolicLinksComponent",
     "spectrum": "trainer.components.spectrum:SpectrumComponent",
 }
 
