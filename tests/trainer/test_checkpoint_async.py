@@ -1,8 +1,9 @@
 """Async checkpoints (checkpoint.async_save) through the CLI: the same files and losses as synchronous saves.
 
-Each test runs real trainer processes. The reference is a synchronous run of the same settings: DCP shards and
-RNG files of every step hash the same (the background write captured the step's state, not a later one), and
-the losses of a resumed run equal the uninterrupted run's.
+Each test runs real trainer processes (all marked slow: 1-6 minutes each on the shared 2-core machine). The
+reference is a synchronous run of the same settings: DCP shards and RNG files of every step hash the same (the
+background write captured the step's state, not a later one), and the losses of a resumed run equal the
+uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tests.conftest import (
     cli_env,
     free_port,
     planets_args,
+    require_module,
     run_cli,
     train_losses,
     wait_for,
@@ -48,6 +50,11 @@ def shard_hashes(run: Path) -> dict[str, dict[str, str]]:
 
 def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def position(recs: list[dict], kind: str, step: int) -> int:
+    """Index of the first record of this kind and step in metrics.jsonl."""
+    return next(i for i, r in enumerate(recs) if r["kind"] == kind and r["step"] == step)
 
 
 def verify_ok(run: Path) -> None:
@@ -77,6 +84,7 @@ def series(exposition: str, name: str) -> float:
     return float(match.group(1)) if match else -1.0
 
 
+@pytest.mark.slow
 def test_async_run_writes_in_the_background_what_a_sync_run_writes(data_root: Path, tmp_path: Path,
                                                                    sync_run: Path) -> None:
     port = free_port()
@@ -101,9 +109,6 @@ def test_async_run_writes_in_the_background_what_a_sync_run_writes(data_root: Pa
     # Blocked: each save call, and the wait for the save in flight before best weights are written.
     assert series(exposition, "astrobio_checkpoint_blocked_seconds_count") >= 3
     assert series(exposition, "astrobio_checkpoint_failures_total") == 0
-
-    def position(recs: list[dict], kind: str, step: int) -> int:
-        return next(i for i, r in enumerate(recs) if r["kind"] == kind and r["step"] == step)
 
     # The step-10 save completed after training went on (async), right after it in the sync run.
     got, expected = records(run), records(sync_run)
@@ -181,6 +186,7 @@ def test_ddp_two_ranks_with_async_saves_write_what_sync_saves_write(data_root: P
     assert sorted(hashes["step-00000010"]) == ["__0_0.distcp", "__1_0.distcp", "rng-rank0.npz", "rng-rank1.npz"]
 
 
+@pytest.mark.slow
 def test_failing_background_writes_are_counted_and_stop_the_run_with_exit_4(data_root: Path, tmp_path: Path) -> None:
     """The shard writes fail in the background (size-limited files, EFBIG): each failure is surfaced at the next
     wait point (the next save) as one line, training goes on, and the third in a row stops the run."""
@@ -209,3 +215,18 @@ def test_fsdp_two_ranks_resume_from_an_async_checkpoint_is_exact(text_root: Path
     again = train_losses(run)
     assert sorted(again) == list(range(1, 13))
     assert all(again[s] == pytest.approx(first[s], rel=1e-6, abs=0) for s in (7, 8, 9))  # as the FSDP kill test
+
+
+@pytest.mark.slow
+def test_deepspeed_ignores_async_save_with_one_warning_and_saves_synchronously(data_root: Path, tmp_path: Path) -> None:
+    require_module("deepspeed")
+    result = run_cli(planets_args(data_root, tmp_path, "train.max_steps=20", "train.early_stopping_patience=null",
+                                  "checkpoint.every_steps=10", "train.eval_every=10", "train.precision=fp32",
+                                  "distributed.strategy=deepspeed", ASYNC))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("checkpoint.async_save: DeepSpeedEngine writes its checkpoints synchronously") == 1
+    run = tmp_path / "planets"
+    assert checkpoint_steps(run) == [10, 20]
+    # Synchronous: the step-10 checkpoint completed before step 11 was trained.
+    assert position(records(run), "checkpoint", 10) < position(records(run), "train", 11)
+    verify_ok(run)
