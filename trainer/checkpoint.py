@@ -7,6 +7,10 @@ other file). It is written under `.tmp-<lease holder>-step-…`; once every rank
 folders, writes the manifest and renames the folder. Resume verifies the newest checkpoint against its
 manifest and falls back to the newest one that verifies, so a killed job, a flipped bit or a truncated
 shard never silently changes a run.
+With `checkpoint.async_save` a periodic save copies model and optimizer state to CPU memory and returns; DCP
+writes the shards in a background thread (over a gloo process group of its own, so its collectives never
+interleave with training's), and rank 0's publishing thread then fsyncs, writes the manifest and renames, exactly
+as a synchronous save does. At most one save is in flight: `wait()` ends it, and every rank learns its outcome.
 Our payloads load without unpickling objects: DCP entries with weights_only=True, JSON, npz
 (allow_pickle=False). The one exception is DCP's own `.metadata` index, which torch writes and reads with pickle.
 """
@@ -20,14 +24,17 @@ import os
 import random
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
 from datajobs.errors import DataError
 from trainer.distributed import DistEnv, any_rank, barrier, sum_over_ranks
@@ -69,6 +76,26 @@ def describe_write_error(exc: BaseException) -> str:
     else:
         where = ""
     return f"{where}{type(exc).__name__}: {exc}".replace("\n", " ")
+
+
+@dataclass(frozen=True)
+class SaveOutcome:
+    """What one checkpoint save came to, the same on every rank: its folder, or why it failed."""
+
+    step: int
+    path: Path
+    write_seconds: float  # from the start of the save until the folder was renamed into place (or failed)
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A save whose shards are being written in the background; `publishing` resolves to (seconds, problem)."""
+
+    step: int
+    tmp: Path
+    final: Path
+    publishing: Future
 
 
 @dataclass
@@ -200,14 +227,29 @@ def verify(folder: Path) -> str | None:
 class Checkpointer:
     """Saves and restores training state under `<run>/checkpoints`, and best weights under `<run>/best`."""
 
-    def __init__(self, run_dir: Path, env: DistEnv, keep_last: int, holder: str) -> None:
+    def __init__(self, run_dir: Path, env: DistEnv, keep_last: int, holder: str, async_save: bool = False) -> None:
         """`holder` is the id of the run folder's lease (trainer.lease): it names this run's temp folders, and
-        temp folders of any other holder (dead, since this run holds the lease) are removed."""
+        temp folders of any other holder (dead, since this run holds the lease) are removed. `async_save` lets
+        `save(..., background=True)` write in the background (collective: every rank passes the same)."""
         self.root = run_dir / "checkpoints"
         self.best_dir = run_dir / "best"
         self.env = env
         self.keep_last = keep_last
         self.tmp_prefix = f"{TMP_PREFIX}{holder}-"
+        self.async_save = async_save
+        self._in_flight: _InFlight | None = None
+        self._stager: DefaultStager | None = None
+        self._publisher: ThreadPoolExecutor | None = None
+        self._group: dist.ProcessGroup | None = None
+        if async_save:
+            # Staged copies are kept between saves (the next save copies into them): host memory of one copy of
+            # model and optimizer state, pinned on CUDA for fast device-to-host copies.
+            self._stager = DefaultStager(StagingOptions(use_pinned_memory=torch.cuda.is_available(),
+                                                        use_shared_memory=False, use_async_staging=False,
+                                                        use_non_blocking_copy=False))
+            self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-publish")
+            if dist.is_initialized():
+                self._group = dist.new_group(backend="gloo")  # the background write's own collectives
         if env.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob(f"{TMP_PREFIX}*"):
@@ -252,24 +294,65 @@ class Checkpointer:
                             f"(logging.run_name)")
         return None if step < 0 else self.root / step_dir_name(int(step))
 
-    def save(self, engine: Engine, state: TrainerState) -> tuple[Path, float]:
-        """Write a checkpoint collectively; returns its folder and the seconds it took.
+    @property
+    def in_flight(self) -> bool:
+        return self._in_flight is not None
 
-        A write error on any rank raises CheckpointWriteError on every rank (the ranks agree after each
-        phase, so none is left waiting in a collective) and removes the temp folder.
+    def save(self, engine: Engine, state: TrainerState, background: bool = False) -> SaveOutcome | None:
+        """Write a checkpoint collectively; its outcome, or None when it goes on in the background.
+
+        `background` (with async_save, for an engine that saves in the background): return once the state is
+        copied to CPU memory; `wait()` gives the outcome. A write error on any rank fails the save on every rank
+        (the ranks agree after each phase, so none is left waiting in a collective) and removes the temp folder.
         """
+        if self._in_flight is not None:
+            raise RuntimeError("a checkpoint is still being written: wait() for it first")
         started = time.perf_counter()
         final = self.root / step_dir_name(state.step)
         tmp = self.root / f"{self.tmp_prefix}{final.name}"
         try:
             self._phase(lambda: self._make_tmp(tmp))
-            self._phase(lambda: self._write_shards(engine, tmp))
-            self._phase(lambda: self._finish(tmp, final, state))
-        except CheckpointWriteError:
-            if self.env.is_main:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final, time.perf_counter() - started
+            self._phase(lambda: self._write_small_files(tmp, state))
+            if background and self.async_save and engine.saves_in_background:
+                writing = engine.save_in_background(tmp, self.env.is_distributed, self._group, self._stager)
+                publishing = self._publisher.submit(self._publish_after, writing, tmp, final, state.step, started)
+                self._in_flight = _InFlight(state.step, tmp, final, publishing)
+                return None
+            self._phase(lambda: engine.save(tmp, self.env.is_distributed))
+            self._phase(lambda: self._publish(tmp, final, state.step))
+        except CheckpointWriteError as exc:
+            self._discard(tmp)
+            return SaveOutcome(state.step, final, time.perf_counter() - started, str(exc))
+        return SaveOutcome(state.step, final, time.perf_counter() - started)
+
+    def wait(self) -> SaveOutcome | None:
+        """Block until the save in flight (if any) is written and published; its outcome, agreed by every rank
+        (collective when a save is in flight: every rank calls it at the same point)."""
+        if self._in_flight is None:
+            return None
+        flight, self._in_flight = self._in_flight, None
+        seconds, problem = flight.publishing.result()
+        (failed,) = any_rank([bool(problem)], self.env)
+        if not failed:
+            return SaveOutcome(flight.step, flight.final, seconds)
+        self._discard(flight.tmp)
+        return SaveOutcome(flight.step, flight.final, seconds, problem or "the write failed on another rank")
+
+    def close(self) -> SaveOutcome | None:
+        """Let the save in flight finish without any collective (the run is ending, maybe on an error); its
+        outcome on this rank. Frees the staging memory."""
+        outcome = None
+        if self._in_flight is not None:
+            flight, self._in_flight = self._in_flight, None
+            seconds, problem = flight.publishing.result()
+            if problem:
+                self._discard(flight.tmp)
+            outcome = SaveOutcome(flight.step, flight.final, seconds, problem or None)
+        if self._publisher is not None:
+            self._publisher.shutdown()
+        if self._stager is not None:
+            self._stager.close()
+        return outcome
 
     def _phase(self, write) -> None:
         problem = ""
@@ -286,16 +369,33 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
 
-    def _write_shards(self, engine: Engine, tmp: Path) -> None:
-        engine.save(tmp, self.env.is_distributed)
-        np.savez(tmp / f"rng-rank{self.env.rank}.npz", **_rng_state())
+    def _discard(self, tmp: Path) -> None:
+        if self.env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
 
-    def _finish(self, tmp: Path, final: Path, state: TrainerState) -> None:
+    def _write_small_files(self, tmp: Path, state: TrainerState) -> None:
+        """This rank's RNG state and (rank 0) the trainer state, as they are at the step being saved."""
+        np.savez(tmp / f"rng-rank{self.env.rank}.npz", **_rng_state())
+        if self.env.is_main:
+            (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+
+    def _publish_after(self, writing: Future, tmp: Path, final: Path, step: int,
+                       started: float) -> tuple[float, str]:
+        """The publishing thread: wait for DCP's background write (done on every rank once it returns), then
+        publish; (seconds since the save started, the problem or '')."""
+        try:
+            writing.result()
+            self._publish(tmp, final, step)
+        except WRITE_ERRORS as exc:
+            return time.perf_counter() - started, describe_write_error(exc)
+        return time.perf_counter() - started, ""
+
+    def _publish(self, tmp: Path, final: Path, step: int) -> None:
+        """Rank 0, once every rank's files are written: fsync, manifest, rename into place, drop the oldest."""
         if not self.env.is_main:
             return
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
         fsync_tree(tmp)
-        write_manifest(tmp, state.step)
+        write_manifest(tmp, step)
         if final.exists():  # a damaged checkpoint of this step that resume skipped
             shutil.rmtree(final)
         tmp.rename(final)

@@ -82,6 +82,8 @@ class CheckpointConfig(Section):
                                           "run stops with exit 4 (each failure is logged and counted)")
     lease_timeout_seconds: float = Field(60, gt=0, description="a run folder's lease whose heartbeat is older "
                                          "is taken over (its holder died); a live holder makes a second run exit 2")
+    async_save: bool = Field(False, description="periodic saves copy the state to CPU memory and write it in the "
+                             "background (one in flight); the last, SIGTERM and best saves wait for it")
 
 
 class LoggingConfig(Section):

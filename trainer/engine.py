@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.staging import AsyncStager
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -56,6 +58,7 @@ class Engine(ABC):
 
     model: Any  # what the component's training_step calls (a module, a DDP/FSDP module, a DeepSpeed engine)
     scheduler: Any
+    saves_in_background = False  # True: save_in_background is implemented
 
     @abstractmethod
     def micro_step(self, last: bool) -> contextlib.AbstractContextManager:
@@ -80,6 +83,11 @@ class Engine(ABC):
     def save(self, folder: Path, distributed: bool) -> None:
         """Write model and optimizer shards into `folder` (collective)."""
 
+    def save_in_background(self, folder: Path, distributed: bool, group: Any, stager: AsyncStager) -> Future:
+        """Copy model and optimizer state to CPU memory now, write the shards into `folder` in a background thread
+        (collective over `group`, a process group of its own); the future resolves when every rank has written."""
+        raise NotImplementedError(f"{type(self).__name__} writes its checkpoints synchronously")
+
     @abstractmethod
     def load(self, folder: Path, distributed: bool) -> None:
         """Restore model, optimizer (and the engine's own schedule state) from `folder` (collective)."""
@@ -93,6 +101,8 @@ class Engine(ABC):
 
 class TorchEngine(Engine):
     """A plain module, DDP or FSDP2 with a torch optimizer and LambdaLR schedule."""
+
+    saves_in_background = True
 
     def __init__(self, model: nn.Module, cfg: RunConfig) -> None:
         self.model = model
@@ -130,6 +140,11 @@ class TorchEngine(Engine):
     def save(self, folder: Path, distributed: bool) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder), no_dist=not distributed)
+
+    def save_in_background(self, folder: Path, distributed: bool, group: Any, stager: AsyncStager) -> Future:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder), process_group=group,
+                              async_stager=stager, no_dist=not distributed)
 
     def load(self, folder: Path, distributed: bool) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)

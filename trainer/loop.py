@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from datajobs.errors import AstrobioError, ConfigError
 from trainer import distributed
-from trainer.checkpoint import WRITE_ERRORS, Checkpointer, CheckpointWriteError, TrainerState, describe_write_error
+from trainer.checkpoint import WRITE_ERRORS, Checkpointer, SaveOutcome, TrainerState, describe_write_error
 from trainer.components.base import Component, ComponentData, move_to_device
 from trainer.config import RunConfig
 from trainer.data.sampler import ResumableBatchSampler, eval_indices
@@ -192,7 +192,9 @@ class Trainer:
         engine = self.engine = build_engine(lambda: self.component.build_model(data), self.component.init_on_meta(),
                                             cfg, env)
         self.model = engine.model
-        ckpt = Checkpointer(self.run_dir, env, cfg.checkpoint.keep_last, self.holder_id)
+        ckpt = Checkpointer(self.run_dir, env, cfg.checkpoint.keep_last, self.holder_id, cfg.checkpoint.async_save)
+        if cfg.checkpoint.async_save and not engine.saves_in_background and env.is_main:
+            log.warning("checkpoint.async_save: %s writes its checkpoints synchronously", type(engine).__name__)
         telemetry = Telemetry(cfg.logging, self.run_dir, cfg.component, env.rank, env.local_rank, env.device,
                               cfg.train.max_steps, cfg.model_dump(mode="json"))
         state = TrainerState(world_size=env.world_size, micro_batch_size=cfg.data.batch_size,
@@ -211,6 +213,7 @@ class Trainer:
             return self._run(engine, data, ckpt, telemetry, state)
         finally:
             self.stop.restore()
+            self._record(ckpt.close(), ckpt, telemetry, may_stop=False)  # a save in flight when an error ended the run
             telemetry.close()
 
     def _run(self, engine: Engine, data, ckpt, telemetry, state: TrainerState) -> RunResult:
@@ -279,8 +282,9 @@ class Trainer:
                     log.info("early stopping at step %d: no improvement in %d evaluations", state.step,
                              tc.early_stopping_patience)
             state.stopped_early = stopped_early
-            if preempted or stopped_early or at_end or state.step % cfg.checkpoint.every_steps == 0:
-                self._save(engine, ckpt, telemetry, state)
+            last = preempted or stopped_early or at_end
+            if last or state.step % cfg.checkpoint.every_steps == 0:
+                self._save(engine, ckpt, telemetry, state, background=not last)
             if preempted:
                 raise Preempted(f"preempted at step {state.step}; newest checkpoint: {ckpt.latest()}")
             if stopped_early:
@@ -310,6 +314,7 @@ class Trainer:
             state.best_metric, state.best_step = value, state.step
             state.evals_without_improvement = 0
             if self.cfg.checkpoint.save_best:
+                self._wait_for_checkpoint(ckpt, telemetry)
                 try:
                     ckpt.save_best(model, state.step, "val_loss", value)
                 except WRITE_ERRORS as exc:
@@ -319,23 +324,44 @@ class Trainer:
         patience = self.cfg.train.early_stopping_patience
         return patience is not None and state.evals_without_improvement >= patience
 
-    def _save(self, engine: Engine, ckpt: Checkpointer, telemetry: Telemetry, state: TrainerState) -> None:
-        """Checkpoint; a failed write is one line and a count, and training goes on until too many in a row."""
+    def _save(self, engine: Engine, ckpt: Checkpointer, telemetry: Telemetry, state: TrainerState,
+              background: bool) -> None:
+        """Checkpoint (in the background where `background` and checkpoint.async_save allow), after the save in
+        flight, if any, is done: at most one in flight. A failed write is one line and a count."""
+        started = time.perf_counter()
+        self._record(ckpt.wait(), ckpt, telemetry)
         state.scheduler = engine.scheduler.state_dict()
-        try:
-            path, seconds = ckpt.save(engine, state)
-        except CheckpointWriteError as exc:
-            self.failed_saves += 1
-            limit = self.cfg.checkpoint.max_consecutive_failures
-            telemetry.on_checkpoint_failure(state.step, f"{exc} ({self.failed_saves} in a row, limit {limit})",
-                                            continues=self.failed_saves < limit)
-            if self.failed_saves >= limit:
-                raise CheckpointsFailing(
-                    f"{self.failed_saves} checkpoint writes in a row failed, the last at step {state.step}: {exc}; "
-                    f"free space or fix {ckpt.root}, then rerun to resume from {ckpt.latest() or 'the start'}"
-                ) from None
+        outcome = ckpt.save(engine, state, background)
+        telemetry.on_checkpoint_blocked(time.perf_counter() - started)
+        self._record(outcome, ckpt, telemetry)
+
+    def _wait_for_checkpoint(self, ckpt: Checkpointer, telemetry: Telemetry) -> None:
+        """Let the save in flight finish (before the best weights are written)."""
+        if ckpt.in_flight:
+            started = time.perf_counter()
+            outcome = ckpt.wait()
+            telemetry.on_checkpoint_blocked(time.perf_counter() - started)
+            self._record(outcome, ckpt, telemetry)
+
+    def _record(self, outcome: SaveOutcome | None, ckpt: Checkpointer, telemetry: Telemetry,
+                may_stop: bool = True) -> None:
+        """Count a finished save: training goes on after a failure until too many in a row (exit 4)."""
+        if outcome is None:
             return
-        self.failed_saves = 0
-        telemetry.on_checkpoint(state.step, seconds)
-        if self.env.is_main:
-            log.debug("checkpoint %s in %.2fs", path, seconds)
+        if outcome.problem is None:
+            self.failed_saves = 0
+            telemetry.on_checkpoint(outcome.step, outcome.write_seconds)
+            if self.env.is_main:
+                log.debug("checkpoint %s in %.2fs", outcome.path, outcome.write_seconds)
+            return
+        self.failed_saves += 1
+        limit = self.cfg.checkpoint.max_consecutive_failures
+        telemetry.on_checkpoint_failure(
+            outcome.step, f"{outcome.problem} ({self.failed_saves} in a row, limit {limit})",
+            continues=may_stop and self.failed_saves < limit)
+        if may_stop and self.failed_saves >= limit:
+            raise CheckpointsFailing(
+                f"{self.failed_saves} checkpoint writes in a row failed, the last at step {outcome.step}: "
+                f"{outcome.problem}; free space or fix {ckpt.root}, then rerun to resume from "
+                f"{ckpt.latest() or 'the start'}"
+            )

@@ -126,7 +126,10 @@ class PrometheusMetrics:
         self.labels = labels
         self.step_seconds = histogram("astrobio_step_seconds", "Wall time per optimizer step.")
         self.data_wait = histogram("astrobio_data_wait_seconds", "Time waiting for data per optimizer step.")
-        self.ckpt_seconds = histogram("astrobio_checkpoint_seconds", "Time to write a checkpoint.")
+        self.ckpt_write = histogram("astrobio_checkpoint_write_seconds",
+                                    "Time to write a checkpoint, start to renamed into place (background or not).")
+        self.ckpt_blocked = histogram("astrobio_checkpoint_blocked_seconds",
+                                      "Time training was blocked by a checkpoint save or a wait for one in flight.")
         self.ckpt_failures = counter("astrobio_checkpoint_failures", "Checkpoint writes that failed.")
         self.resumes = counter("astrobio_train_resumes", "Resumes from a checkpoint.")
         nonfinite = Counter("astrobio_nonfinite_events", "Non-finite loss or gradient norms.", [*names, "kind"],
@@ -275,9 +278,13 @@ class Telemetry:
         if self.is_main and self.cfg.console:
             log.info("eval step %d %s", step, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
-    def on_checkpoint(self, step: int, seconds: float) -> None:
-        self.prom.ckpt_seconds.observe(seconds)
-        self._write({"kind": "checkpoint", "step": step, "time": time.time(), "seconds": seconds})
+    def on_checkpoint(self, step: int, write_seconds: float) -> None:
+        """A checkpoint is complete (observed when the loop learns it: a background write at the next wait)."""
+        self.prom.ckpt_write.observe(write_seconds)
+        self._write({"kind": "checkpoint", "step": step, "time": time.time(), "seconds": write_seconds})
+
+    def on_checkpoint_blocked(self, seconds: float) -> None:
+        self.prom.ckpt_blocked.observe(seconds)
 
     def on_checkpoint_failure(self, step: int, problem: str, continues: bool = True) -> None:
         """One error line (rank 0) and one count."""

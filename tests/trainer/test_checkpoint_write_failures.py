@@ -26,12 +26,8 @@ def limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT_BYTES, LIMIT_BYTES))
 
 
-def test_failing_checkpoint_writes_continue_then_stop_with_exit_4(data_root: Path, tmp_path: Path) -> None:
-    args = planets_args(data_root, tmp_path, "train.max_steps=40", "train.early_stopping_patience=null",
-                        "checkpoint.every_steps=10", "train.eval_every=10", "train.log_every=10",
-                        "checkpoint.max_consecutive_failures=3")
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=cli_env(),
-                            preexec_fn=limit_file_size)
+def assert_three_failures_then_exit_4(result: subprocess.CompletedProcess, run: Path, trained_to: int) -> None:
+    """Failures at steps 10, 20 and 30: one line each, the first two continue, the third stops with exit 4."""
     assert result.returncode == 4, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     failed = [line for line in lines if "failed: rank 0: " in line]
@@ -39,9 +35,17 @@ def test_failing_checkpoint_writes_continue_then_stop_with_exit_4(data_root: Pat
     assert [line.endswith("training continues") for line in failed] == [True, True, False]
     assert "3 checkpoint writes in a row failed, the last at step 30" in lines[-1]
     assert not any("Traceback" in line for line in lines), result.stderr[-3000:]
-    run = tmp_path / "planets"
-    assert max(train_losses(run)) == 30  # trained on after the failures at 10 and 20
+    assert max(train_losses(run)) == trained_to
     assert list((run / "checkpoints").iterdir()) == []  # no step folder, no temp folder left
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "checkpoint" and "failed" in r] == [10, 20, 30]
     assert (run / "best" / "model.safetensors").is_file()
+
+
+def test_failing_checkpoint_writes_continue_then_stop_with_exit_4(data_root: Path, tmp_path: Path) -> None:
+    args = planets_args(data_root, tmp_path, "train.max_steps=40", "train.early_stopping_patience=null",
+                        "checkpoint.every_steps=10", "train.eval_every=10", "train.log_every=10",
+                        "checkpoint.max_consecutive_failures=3")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=cli_env(),
+                            preexec_fn=limit_file_size)
+    assert_three_failures_then_exit_4(result, tmp_path / "planets", trained_to=30)  # trained on after 10 and 20

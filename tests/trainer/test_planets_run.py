@@ -80,7 +80,7 @@ def test_sigterm_checkpoints_and_exits_143_with_metrics_served(data_root: Path, 
         # GPU gauges need CUDA; tokens/s and MFU belong to token models with known FLOPs and peak.
         conditional = r"(?!gpu_|tokens_per_second|mfu_ratio)"
         names = re.findall(rf"^\| `(astrobio_{conditional}\w+)` \| \w+ \|", contract.read_text(), re.M)
-        assert len(names) == 14
+        assert len(names) == 15
         for name in names:
             assert re.search(rf"^{name}(_total|_bucket|_sum|_count)?\{{", exposition, re.M), f"{name} not exported"
         promtool = require_tool("promtool")
