@@ -96,6 +96,13 @@ class LoggingConfig(Section):
     wandb: bool = Field(False, description="Weights & Biases run (wandb extra; WANDB_MODE=offline works)")
     wandb_project: str = Field("astrobio-train", description="W&B project name")
 
+    @model_validator(mode="after")
+    def _check_local_run_dir(self) -> LoggingConfig:
+        if "://" in self.run_dir:
+            raise ValueError(f"logging.run_dir {self.run_dir!r}: run folders on object storage are not supported yet; "
+                             f"use a local folder or a PVC mount (datasets may live on s3:// via data.root)")
+        return self
+
 
 class DistributedConfig(Section):
     strategy: Literal["none", "ddp", "fsdp", "deepspeed"] = Field("none", description="how ranks share the work")

@@ -54,6 +54,7 @@ def test_overrides_keep_types() -> None:
         (["distributed.strategy=horovod"], "distributed.strategy"),
         (["nonsense=1"], "unknown key 'nonsense'"),
         (["optim.name=adamw8bit", "distributed.strategy=fsdp"], "adamw8bit"),
+        (["logging.run_dir=s3://bucket/runs"], "run folders on object storage are not supported yet"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], expected: str) -> None:
