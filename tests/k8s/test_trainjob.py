@@ -175,7 +175,8 @@ def test_trainjob_doctor_is_switchable() -> None:
     docs = render(sets=["jobs.planets.kind=TrainJob", "doctor.enabled=false"])
     assert "initContainers" not in trainjob_pod(trainjobs(docs)["planets"], runtimes(docs)["planets"])["spec"]
     own = [f"jobs.planets.trainJob.{k}" for k in ("renderRuntime=false", "runtimeRef.kind=TrainingRuntime",
-                                                   "runtimeRef.name=team-torch", "replicatedJob=node", "container=node")]
+                                                   "runtimeRef.name=team-torch", "replicatedJob=node",
+                                                   "container=node")]
     docs = render(sets=["jobs.planets.kind=TrainJob", *own])
     assert not objects(docs, "TrainingRuntime")  # a runtime of the user's own: referenced, no doctor
     assert trainjobs(docs)["planets"]["spec"]["runtimeRef"]["name"] == "team-torch"
