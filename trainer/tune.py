@@ -301,8 +301,10 @@ class Tuner:
                                                      heartbeat_interval=hb, grace_period=3 * hb)
                 break
             except Exception as exc:  # sqlalchemy raises its own hierarchy; one line names the URL
-                # Workers starting together on an empty database race to create the tables: try again.
-                if attempt + 1 == STORAGE_ATTEMPTS or "IntegrityError" not in type(exc).__name__:
+                # Workers starting together on an empty database race to create the tables (SQLite: an
+                # IntegrityError; PostgreSQL: DuplicateTable, "relation ... already exists"): try again.
+                racing = "IntegrityError" in type(exc).__name__ or "already exists" in str(exc)
+                if attempt + 1 == STORAGE_ATTEMPTS or not racing:
                     raise ConfigError(f"--storage {_redact(self.storage_url)}: cannot open ({type(exc).__name__}"
                                       f": {str(exc).splitlines()[0]})") from None
                 time.sleep(0.5 * (attempt + 1))
