@@ -151,7 +151,7 @@ def check_storage(cfg: Any) -> tuple[list[Row], Any]:
 
 
 def check_run_dir(cfg: Any) -> list[Row]:
-    """The run root is writable: the trainer writes checkpoints there."""
+    """The run root is writable (the trainer writes checkpoints there) and the run folder is not held."""
     root = Path(cfg.logging.run_dir)
     probe = root / f".astrobio-doctor-{uuid.uuid4().hex}"
     try:
@@ -161,18 +161,33 @@ def check_run_dir(cfg: Any) -> list[Row]:
     except OSError as exc:
         return [Row(BLOCKER, "run folder", f"{root} is not writable ({exc.strerror or exc})",
                     "fix its permissions (the PVC's fsGroup) or set logging.run_dir")]
-    return check_run_folder_free(root / cfg.run_name)
+    return check_run_folder_free(root / cfg.run_name, cfg.checkpoint.lease_timeout_seconds)
 
 
-def check_run_folder_free(run: Path) -> list[Row]:
-    """Whether another run holds the run folder. The lease (trainer/lease.py) is not in this tree yet: until it
-    is, this reports what exists, the folder and its newest checkpoint, which a rerun resumes from."""
+def check_run_folder_free(run: Path, lease_timeout: float) -> list[Row]:
+    """Whether another run holds the run folder's lease (trainer/lease.py): a live holder is a blocker, a dead
+    one (heartbeat too old, or its process gone on this host) a warning that the run takes the lease over."""
+    from trainer.lease import LEASE_FILE, read_holder, stale_reason
+
     if not run.exists():
         return [Row(OK, "run folder", f"{run} is new")]
     steps = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*")
                    if (p / "trainer_state.json").is_file() and p.name.split("-")[1].isdigit())
     resume = f"resumes from step {steps[-1]}" if steps else "no complete checkpoint"
-    return [Row(OK, "run folder", f"{run} exists ({resume}); no lease check yet (trainer/lease.py)")]
+    lease = run / LEASE_FILE
+    if not lease.exists():
+        return [Row(OK, "run folder", f"{run} exists ({resume}), no lease: free")]
+    holder = read_holder(lease)
+    if holder is None:
+        return [Row(BLOCKER, "run folder", f"{lease} names no holder (unreadable or incomplete): the run would "
+                    "refuse the folder", f"remove {lease} if no run uses {run}, or set logging.run_name")]
+    why = stale_reason(holder, lease_timeout)
+    if why is None:
+        return [Row(BLOCKER, "run folder", f"{run} is held by a live run: {holder.describe()}",
+                    f"wait for that run to end or stop it (pod {holder.pod}), or set logging.run_name to another "
+                    "folder")]
+    return [Row(WARNING, "run folder", f"{run} ({resume}) has a dead lease of {holder.describe()} ({why}): the "
+                "run will take it over", "none needed if that run is really gone; otherwise stop it first")]
 
 
 def config_datasets(cfg: Any) -> list[str]:

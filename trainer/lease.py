@@ -80,6 +80,22 @@ def read_holder(path: Path) -> Holder | None:
         return None
 
 
+def this_process() -> tuple[str, str, int]:
+    """The host, pod and pid a lease taken by this process would name."""
+    return socket.gethostname(), os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "-", os.getpid()
+
+
+def stale_reason(holder: Holder, timeout_seconds: float, now: float | None = None) -> str | None:
+    """Why a holder is dead, as seen from this process (its heartbeat is older than the timeout, or it ran on
+    this host and pod and its process is gone); None while it is live and the lease must be respected."""
+    if (now or time.time()) - holder.heartbeat > timeout_seconds:
+        return f"older than checkpoint.lease_timeout_seconds={timeout_seconds:g}"
+    host, pod, pid = this_process()
+    if holder.host == host and holder.pod == pod and holder.pid != pid and process_gone(holder.pid):
+        return "its process no longer exists on this host"
+    return None
+
+
 class Lease:
     """Held by rank 0 for the whole run: acquire(), then release() (also when the run fails)."""
 
@@ -87,9 +103,8 @@ class Lease:
         self.path = run_dir / LEASE_FILE
         self.timeout = timeout_seconds
         now = time.time()
-        self.holder = Holder(id=holder_id, host=socket.gethostname(),
-                             pod=os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "-",
-                             pid=os.getpid(), since=now, heartbeat=now)
+        host, pod, pid = this_process()
+        self.holder = Holder(id=holder_id, host=host, pod=pod, pid=pid, since=now, heartbeat=now)
         self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,10 +142,8 @@ class Lease:
         current = read_holder(self.path)
         if current is None:
             raise self._held_by(current)
-        aged = time.time() - current.heartbeat > self.timeout
-        here = current.host == self.holder.host and current.pod == self.holder.pod
-        died_here = here and current.pid != self.holder.pid and process_gone(current.pid)
-        if not (aged or died_here):
+        why = stale_reason(current, self.timeout)
+        if why is None:
             raise self._held_by(current)
         aside = self.path.with_name(f"{LEASE_FILE}.stale-{self.holder.id}")
         try:
@@ -146,8 +159,6 @@ class Lease:
         aside.unlink(missing_ok=True)
         if not self._link():
             raise self._held_by(read_holder(self.path))
-        why = (f"older than checkpoint.lease_timeout_seconds={self.timeout:g}" if aged
-               else "its process no longer exists on this host")
         log.warning("took over the lease of %s: %s", current.describe(), why)
         self._start()
 

@@ -12,6 +12,7 @@ from trainer.checkpoint import unique_storage
 from trainer.config import RunConfig, dump_config
 from trainer.loop import RunResult, Trainer
 from trainer.report import write_report
+from trainer.telemetry import push_report_metrics
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,10 @@ def train(cfg: RunConfig) -> tuple[RunResult, Path | None]:
             for section in sections:
                 summary.update({k: f"{v:.4f}" for k, v in section.metrics.items()})
             report = write_report(run_dir, f"Run {cfg.run_name}", summary, sections, trainer.data.card)
+            report_metrics = {k: v for section in sections for k, v in section.metrics.items()}
+            push_report_metrics(cfg.component, cfg.run_name, report_metrics)
             if has_bundle:
-                bundle.add_metrics(best_dir, {k: v for section in sections for k, v in section.metrics.items()})
+                bundle.add_metrics(best_dir, report_metrics)
         distributed.barrier(env)
         return result, report
     finally:

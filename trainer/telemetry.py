@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -314,3 +315,49 @@ class Telemetry:
         if self.cfg.metrics_port and self.cfg.metrics_linger_seconds:
             threading.Event().wait(self.cfg.metrics_linger_seconds)
         self.prom.stop()
+
+
+# -- Report metrics: the named metrics of the run report, pushed once to a Pushgateway -----------------------
+# The trainer's /metrics server has stopped by the time the report is written (after fit), so these go the way
+# of batch jobs: one push, replacing the run's previous one (job astrobio-train, grouping labels run and, in a
+# pod, namespace).
+REPORT_METRIC = "astrobio_eval_metric"
+REPORT_PUSH_JOB = "astrobio-train"
+
+
+def report_metric_split(key: str) -> str:
+    """The split a report metric was scored on, from its name: val_* -> val, test_* -> test, else report (a
+    component's own held-out or generation score, named as in report.md)."""
+    for split in ("val", "test"):
+        if key.startswith(f"{split}_"):
+            return split
+    return "report"
+
+
+def push_report_metrics(component: str, run_name: str, metrics: dict[str, float], url: str | None = None) -> bool:
+    """Push the report's metrics as astrobio_eval_metric{component,metric,split} to URL (default
+    $PUSHGATEWAY_URL; none: nothing is pushed). Non-finite values are left out; a failed push is one warning,
+    never fatal to the run. Returns whether the push happened."""
+    from prometheus_client import push_to_gateway
+
+    from datajobs.metrics import PUSHGATEWAY_ENV
+
+    url = url or os.environ.get(PUSHGATEWAY_ENV)
+    if not url:
+        return False
+    registry = CollectorRegistry()
+    gauge = Gauge(REPORT_METRIC, "Evaluation metric of the run report (set once, when the report is written).",
+                  ["component", "metric", "split"], registry=registry)
+    for key, value in metrics.items():
+        if math.isfinite(value):
+            gauge.labels(component=component, metric=key, split=report_metric_split(key)).set(value)
+    group = {"run": run_name}
+    if namespace := os.environ.get("POD_NAMESPACE"):  # in a pod (downward API): the dashboards filter on it
+        group["namespace"] = namespace
+    try:
+        push_to_gateway(url, job=REPORT_PUSH_JOB, grouping_key=group, registry=registry)
+    except OSError as exc:
+        log.warning("report metrics push to %s failed: %s", url, exc)
+        return False
+    log.info("report metrics pushed to %s (job %s, run %s)", url, REPORT_PUSH_JOB, run_name)
+    return True

@@ -64,6 +64,7 @@ class Space:
     seed: int | None = None
     startup_trials: int = 2
     warmup_steps: int = 0
+    trial_set: dict[str, Any] = field(default_factory=dict)  # set in each trial's config, not in best-config.yaml
 
     @property
     def record_key(self) -> str:
@@ -137,9 +138,10 @@ def load_space(path: str | Path, base: dict[str, Any]) -> Space:
         raise ConfigError(f"{path}: is not valid YAML") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with metric, direction and parameters")
-    unknown = sorted(set(raw) - {"metric", "direction", "parameters", "seed", "pruning"})
+    allowed = ("metric", "direction", "parameters", "seed", "pruning", "trial_set")
+    unknown = sorted(set(raw) - set(allowed))
     if unknown:
-        raise _bad(path, unknown[0], "unknown key (allowed: metric, direction, parameters, seed, pruning)")
+        raise _bad(path, unknown[0], f"unknown key (allowed: {', '.join(allowed)})")
     metric = raw.get("metric")
     if not isinstance(metric, str) or not metric.startswith("val_"):
         raise _bad(path, "metric", f"expected a validation metric named val_<eval record key>, e.g. val_loss; "
@@ -163,8 +165,17 @@ def load_space(path: str | Path, base: dict[str, Any]) -> Space:
     seed = raw.get("seed")
     if seed is not None and not isinstance(seed, int):
         raise _bad(path, "seed", f"expected an integer, got {seed!r}")
+    trial_set = raw.get("trial_set", {}) or {}
+    if not isinstance(trial_set, dict) or any(isinstance(v, dict | list) for v in trial_set.values()):
+        raise _bad(path, "trial_set", "expected a mapping of config key -> scalar value")
+    if searched := sorted(set(trial_set) & {p.key for p in params}):
+        raise _bad(path, f"trial_set.{searched[0]}", "is also a searched parameter")
+    try:
+        validate_raw(apply_params(base, trial_set))
+    except ConfigError as exc:
+        raise _bad(path, "trial_set", f"not a valid config setting ({exc})") from None
     space = Space(path, metric, direction, params, seed, int(pruning.get("startup_trials", 2)),
-                  int(pruning.get("warmup_steps", 0)))
+                  int(pruning.get("warmup_steps", 0)), {str(k): v for k, v in trial_set.items()})
     for p in params:  # each key must exist in the config and take the values of its distribution
         for value in p.probes():
             try:
@@ -290,8 +301,10 @@ class Tuner:
                                                      heartbeat_interval=hb, grace_period=3 * hb)
                 break
             except Exception as exc:  # sqlalchemy raises its own hierarchy; one line names the URL
-                # Workers starting together on an empty database race to create the tables: try again.
-                if attempt + 1 == STORAGE_ATTEMPTS or "IntegrityError" not in type(exc).__name__:
+                # Workers starting together on an empty database race to create the tables (SQLite: an
+                # IntegrityError; PostgreSQL: DuplicateTable, "relation ... already exists"): try again.
+                racing = "IntegrityError" in type(exc).__name__ or "already exists" in str(exc)
+                if attempt + 1 == STORAGE_ATTEMPTS or not racing:
                     raise ConfigError(f"--storage {_redact(self.storage_url)}: cannot open ({type(exc).__name__}"
                                       f": {str(exc).splitlines()[0]})") from None
                 time.sleep(0.5 * (attempt + 1))
@@ -393,7 +406,8 @@ class Tuner:
 
     def run_trial(self, trial: Any) -> TrialOutcome:
         values = suggest(trial, self.space)
-        raw = self.trial_config(values, str(self.dir.resolve()), self.trial_dir(trial.number).name, False)
+        raw = self.trial_config({**self.space.trial_set, **values}, str(self.dir.resolve()),
+                                self.trial_dir(trial.number).name, False)
         try:
             validate_raw(raw)
         except ConfigError as exc:  # e.g. a combination the config refuses: this point is infeasible
@@ -537,6 +551,8 @@ def write_tune_report(study: Any, tuner: Tuner) -> Path:
              f"{sum(t.state == TrialState.FAIL for t in trials)} failed, "
              f"{sum(t.state == TrialState.RUNNING for t in trials)} running"
              f"{_dropped(len(everything) - len(trials))}.", "",
+             *([f"Each trial also ran with {', '.join(f'`{k}={v}`' for k, v in space.trial_set.items())} "
+                "(the space file's trial_set); best-config.yaml does not.", ""] if space.trial_set else []),
              "## Best trial", "",
              f"Trial {best.number}: {space.metric} = {best.value:.6g} after {best.user_attrs.get('steps', '?')} "
              f"steps; run folder `{best.user_attrs.get('run_dir', '?')}` (bundle in `best/`, report.md).", "",

@@ -17,6 +17,11 @@ finished one; the run id hashes the parameters, the settings and the ExoPlaSim v
 ExoPlaSim (Paradise et al. 2022, PSJ 3, 1; GPL-3.0) is an optional extra (`pip install 'astrobio-train[climate]'`)
 that compiles its Fortran core with gfortran at first use; it is invoked, never vendored.
 `--from-snapshot` publishes the runs bundled under datajobs/snapshots/exoplasim_sweep/ (see its PROVENANCE.md).
+
+Per-index mode (`count`, for a Kubernetes Indexed Job with count + 1 completions on a shared cache_dir): index
+i < count runs the design points j with j % count == i into the cache and records its share done
+(`<cache_dir>/.shares/<design key>/<i>.json`, atomically); index count waits for every share, then publishes
+the dataset once (manifest last); a rerun with identical runs publishes nothing new.
 """
 
 from __future__ import annotations
@@ -98,6 +103,12 @@ class Config(SourceConfig):
     cache_dir: Path = Field(Path(".cache/exoplasim-sweep"), description="finished runs; survives kills")
     stop_after_s: float | None = Field(None, gt=0, description="start no new run after this many seconds")
     run_timeout_s: float = Field(7200.0, gt=0, description="a run taking longer is killed and reported")
+    count: int | None = Field(None, ge=1, description="shares the design is split into, one per index of an "
+                              "Indexed Job with count + 1 completions (unset: this process runs and publishes all)")
+    index: int | None = Field(None, ge=0, description="with count: 0..count-1 runs design points i with "
+                              "i % count == index, count publishes once every share is done; default "
+                              "$JOB_COMPLETION_INDEX")
+    publish_wait_s: float = Field(172800.0, gt=0, description="the publish index waits this long for the shares")
 
 
 # -- the design ----------------------------------------------------------------------------------
@@ -296,14 +307,19 @@ def finished_runs(cache: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def sweep(cfg: Config, log) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
-    """Run every unfinished design point; returns (finished metas in design order, failures, wall seconds)."""
+def sweep(cfg: Config, log, share: tuple[int, int] | None = None
+          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+    """Run every unfinished design point (with SHARE = (index, count), those with i % count == index); returns
+    (finished metas in design order, failures, wall seconds)."""
     settings = settings_of(cfg)
     cache = cfg.cache_dir.resolve()
     cache.mkdir(parents=True, exist_ok=True)
-    for stale in cache.glob(".partial-*"):  # a killed run's scratch; its finished neighbours are untouched
-        shutil.rmtree(stale, ignore_errors=True)
+    if share is None:  # a killed run's scratch; its finished neighbours are untouched
+        for stale in cache.glob(".partial-*"):  # (shares running beside this one own theirs)
+            shutil.rmtree(stale, ignore_errors=True)
     points = [(run_id(p, settings), p) for p in design(cfg)]
+    if share is not None:
+        points = [pt for i, pt in enumerate(points) if i % share[1] == share[0]]
     done = finished_runs(cache)
     todo = [(i, p) for i, p in points if i not in done]
     log.info("sweep", extra={"runs": len(points), "cached": len(points) - len(todo), "to_run": len(todo)})
@@ -452,6 +468,66 @@ def product_of(metas: list[dict[str, Any]], fields: dict[str, dict[str, np.ndarr
                    extra={"run_count": len(metas), "runs": manifest_runs, **extra})
 
 
+# -- per-index mode (an Indexed Job): shares 0..count-1 run, index count publishes ---------------------
+def share_of(cfg: Config) -> tuple[int, int] | None:
+    """(index, count) of this process, or None when it runs the whole design; index from $JOB_COMPLETION_INDEX
+    unless the config names it."""
+    if cfg.count is None:
+        return None
+    index = cfg.index
+    if index is None:
+        raw = os.environ.get("JOB_COMPLETION_INDEX")
+        if raw is None or not raw.isdigit():
+            raise DataError(f"exoplasim-sweep: count={cfg.count} but no index: set index in the config or run as an "
+                            "Indexed Job (JOB_COMPLETION_INDEX)")
+        index = int(raw)
+    if index > cfg.count:
+        raise DataError(f"exoplasim-sweep: index {index} is beyond count {cfg.count} (shares 0..{cfg.count - 1}, "
+                        f"then {cfg.count} publishes): the Indexed Job needs completions = count + 1")
+    return index, cfg.count
+
+
+def _shares_dir(cfg: Config) -> Path:
+    """Where the shares of this design (its run ids and count) record that they are done."""
+    ids = [run_id(p, settings_of(cfg)) for p in design(cfg)]
+    key = hashlib.sha256(json.dumps({"ids": ids, "count": cfg.count}).encode()).hexdigest()[:12]
+    return cfg.cache_dir.resolve() / ".shares" / key
+
+
+def run_share(cfg: Config, index: int, count: int, log) -> None:
+    """Run this share's design points into the shared cache, then record the share as done (atomically)."""
+    metas, failures, wall = sweep(cfg, log, (index, count))
+    done = _shares_dir(cfg)
+    done.mkdir(parents=True, exist_ok=True)
+    record = {"index": index, "count": count, "finished": [m["id"] for m in metas], "failed": failures,
+              "wall_s": round(wall, 1)}
+    _write_bytes(done / f"{index}.json", (json.dumps(record, indent=2) + "\n").encode())
+    log.info("share done", extra={"share": index, "count": count, "finished": len(metas), "failed": len(failures),
+                                  "publisher_index": count})
+
+
+def wait_for_shares(cfg: Config, count: int, log) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+    """The publish index: wait until every share recorded itself done; (finished metas, failures, wall)."""
+    done, started = _shares_dir(cfg), time.time()
+    while True:
+        records = {}
+        for i in range(count):
+            with contextlib.suppress(FileNotFoundError):
+                records[i] = json.loads((done / f"{i}.json").read_text())
+        if len(records) == count:
+            break
+        if time.time() - started > cfg.publish_wait_s:
+            missing = sorted(set(range(count)) - set(records))
+            raise DataError(f"exoplasim-sweep: shares {missing} of {count} not done after publish_wait_s="
+                            f"{cfg.publish_wait_s:g} s; see their pods' logs, rerun them, then this index")
+        time.sleep(2)
+    log.info("every share done: publishing", extra={"count": count})
+    ids = [run_id(p, settings_of(cfg)) for p in design(cfg)]
+    finished = finished_runs(cfg.cache_dir.resolve())
+    failures = [f for r in records.values() for f in r["failed"] if f["id"] not in finished]
+    return [finished[i] for i in ids if i in finished], failures, sum(r["wall_s"] for r in records.values())
+
+
 def build(ctx: Context) -> Product | None:
     cfg: Config = ctx.config  # type: ignore[assignment]
     if ctx.mode == "snapshot":
@@ -459,8 +535,15 @@ def build(ctx: Context) -> Product | None:
     if ctx.mode == "file":
         raise DataError("exoplasim-sweep takes no --from-file; run it live (`astrobio-data run exoplasim-sweep`) "
                         "or publish the bundled runs with --from-snapshot")
-    check_dependencies()
-    metas, failures, wall = sweep(cfg, ctx.log)
+    share = share_of(cfg)
+    if share is not None and share[0] == share[1]:
+        metas, failures, wall = wait_for_shares(cfg, share[1], ctx.log)
+    else:
+        check_dependencies()
+        if share is not None:
+            run_share(cfg, *share, ctx.log)
+            return None  # nothing published by a share: the dataset stays as it is until the publish index
+        metas, failures, wall = sweep(cfg, ctx.log)
     if not metas:
         first = failures[0] if failures else {"why": "no run finished", "log_tail": ""}
         raise DataError(f"exoplasim-sweep: no run finished ({len(failures)} failed; first: {first['why']} "

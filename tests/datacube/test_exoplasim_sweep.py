@@ -139,3 +139,51 @@ def test_design_covers_the_space_and_warm_starts_pick_the_nearest_compatible_run
     del done["near"]
     assert nearest_finished(target, settings, done, cfg) == "far"
     assert nearest_finished(target, settings, {"regime": done["regime"]}, cfg) is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # two tiny GCM runs
+def test_indexed_shares_are_disjoint_and_publishing_waits_for_all(tmp_path):
+    """An Indexed Job of count 2: indexes 0 and 1 each run their own real run into the shared cache; index 2
+    publishes only once both shares are done, the whole design, and a rerun of it publishes nothing new."""
+    require_tool("gfortran")
+    root, cache = str(tmp_path / "data"), tmp_path / "cache"
+    config = tmp_path / "indexed.yaml"
+    config.write_text(yaml.safe_dump({"exoplasim-sweep": {**TINY, "runs": 2, "count": 2, "cache_dir": str(cache)}}))
+    args = ("run", "exoplasim-sweep", "--config", str(config), "--root", root)
+    first = _cli(*args, env={"JOB_COMPLETION_INDEX": "0"})
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert not Store(root).names(), "a share publishes nothing"
+    log = tmp_path / "publisher.log"
+    with log.open("w") as sink:
+        publisher = subprocess.Popen([sys.executable, "-m", "datajobs.cli", *args], cwd=REPO, text=True,
+                                     stdout=subprocess.PIPE, stderr=sink,
+                                     env={**os.environ, "JOB_COMPLETION_INDEX": "2"})
+    deadline = time.time() + 120
+    while '"msg": "start"' not in log.read_text() and publisher.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # a few of its 2 s polls of the share records
+    assert publisher.poll() is None and not Store(root).names(), "published before share 1 was done"
+    second = _cli(*args, env={"JOB_COMPLETION_INDEX": "1"})
+    assert second.returncode == 0, second.stderr[-2000:]
+    out, _ = publisher.communicate(timeout=120)
+    assert publisher.returncode == 0 and ": published" in out, log.read_text()[-2000:]
+    cfg = Config(**TINY, runs=2, cache_dir=cache)
+    ids = [run_id(p, settings_of(cfg)) for p in design(cfg)]
+    shares = [json.loads(p.read_text()) for p in sorted(cache.glob(".shares/*/*.json"))]
+    assert [s["finished"] for s in shares] == [[ids[0]], [ids[1]]]  # disjoint, and together the design
+    assert '"cached": 0' in first.stderr and '"cached": 0' in second.stderr  # each simulated its own run
+    manifest = Store(root).open("exoplasim-sweep@latest").manifest
+    assert [r["id"] for r in manifest["runs"]] == ids
+    again = _cli(*args, env={"JOB_COMPLETION_INDEX": "2"})
+    assert again.returncode == 0 and ": unchanged" in again.stdout, again.stderr[-2000:]
+
+
+def test_publish_index_waits_for_missing_shares(tmp_path):
+    """Without the shares' records the publish index publishes nothing and names the missing shares."""
+    config = tmp_path / "indexed.yaml"
+    config.write_text(yaml.safe_dump({"exoplasim-sweep": {**TINY, "runs": 2, "count": 2, "index": 2,
+                                                          "publish_wait_s": 3, "cache_dir": str(tmp_path / "c")}}))
+    proc = _cli("run", "exoplasim-sweep", "--config", str(config), "--root", str(tmp_path / "data"))
+    assert proc.returncode == 2 and "shares [0, 1] of 2 not done after publish_wait_s=3" in proc.stderr
+    assert not (tmp_path / "data").exists() or not Store(str(tmp_path / "data")).names()

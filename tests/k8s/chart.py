@@ -60,18 +60,29 @@ def pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-def trainjob_pod(doc: dict[str, Any]) -> dict[str, Any]:
+def trainjob_pod(doc: dict[str, Any], runtime: dict[str, Any] | None = None) -> dict[str, Any]:
     """The trainer pod a TrainJob asks for: its runtimePatches pod template with the trainer fields merged into
-    the patched container, as the Trainer v2 controller builds it (the runtime's own defaults left out)."""
+    the patched container, as the Trainer v2 controller builds it. With RUNTIME (the TrainingRuntime it
+    references) the patch is applied onto the runtime's pod template, containers and init containers merged
+    by name; without, the runtime's own defaults are left out."""
     (patch,) = doc["spec"]["runtimePatches"]
     (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     template = replicated["template"]["spec"]["template"]
-    spec = {**template["spec"], "containers": [dict(c) for c in template["spec"]["containers"]]}
+    base: dict[str, Any] = {}
+    if runtime is not None:
+        (job,) = [r for r in runtime["spec"]["template"]["spec"]["replicatedJobs"] if r["name"] == replicated["name"]]
+        base = job["template"]["spec"]["template"]["spec"]
+    spec = {**base, **template["spec"]}
+    for key in ("containers", "initContainers"):
+        merged = {c["name"]: dict(c) for c in base.get(key, [])}
+        for c in template["spec"].get(key, []):
+            merged[c["name"]] = {**merged.get(c["name"], {}), **c}
+        if merged:
+            spec[key] = list(merged.values())
     trainer = doc["spec"]["trainer"]
-    spec["containers"][0].update(
-        {key: trainer[key] for key in ("image", "command", "args", "env")},
-        resources=trainer["resourcesPerNode"],
-    )
+    (container,) = [c for c in spec["containers"] if c["name"] == template["spec"]["containers"][0]["name"]]
+    container.update({key: trainer[key] for key in ("image", "command", "args", "env")},
+                     resources=trainer["resourcesPerNode"])
     return {"metadata": template["metadata"], "spec": spec}
 
 

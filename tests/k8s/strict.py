@@ -20,6 +20,7 @@ CRD_FILES = {
     "PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
     "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
     "TrainJob": "trainer.kubeflow.org_trainjobs.yaml",
+    "TrainingRuntime": "trainer.kubeflow.org_trainingruntimes.yaml",
 }
 # CEL macros and functions cel-python evaluates; a rule calling anything else is skipped with its reason
 _MACROS = {"has", "all", "exists", "exists_one", "map", "filter"}

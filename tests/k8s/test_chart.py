@@ -39,12 +39,14 @@ CUSTOM = {
     "PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
     "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
     "TrainJob": "trainer.kubeflow.org_trainjobs.yaml",
+    "TrainingRuntime": "trainer.kubeflow.org_trainingruntimes.yaml",
 }
 CRD_SHA256 = {
     "kubeflow.org_pytorchjobs.yaml": "8b8a8a719cc94173169290251e817f7ac2bb425c20b6c2fa813397bcf4e932ed",
     "monitoring.coreos.com_podmonitors.yaml": "45a93443daa687d3654f7e9631909ff7edcdf3ec09c5e60251b74aa2722aee5d",
     "monitoring.coreos.com_prometheusrules.yaml": "78be98554b9c8506ab2b4f4feb91c5f3a56e536a0a510f3a8e876a459970d56d",
     "trainer.kubeflow.org_trainjobs.yaml": "a742cafc5b5582640c7e0b7467c024fc237256fbca5ba0a9f0531dfb66d64416",
+    "trainer.kubeflow.org_trainingruntimes.yaml": "69b8dbdf60a18e28cddcc2b8dfc4ce72a943e14b531b9389d593118faee4919f",
 }
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # every trainable component: its job preset (disabled by default beside planets) and the data job feeding it
@@ -528,7 +530,7 @@ def test_every_component_has_a_preset_and_its_data_job(component: str) -> None:
     assert not objects(docs, "CronJob")
     indexed = data["spec"]["completionMode"] == "Indexed"
     assert indexed == (component == "datacube")
-    assert data["spec"]["completions"] == (40 if indexed else 1)
+    assert data["spec"]["completions"] == (9 if indexed else 1)  # datacube: 8 shares of the design + publish
     stale = [r for g in rules_spec(docs)["groups"] for r in g["rules"]]
     assert not [r for r in stale if r.get("alert") == "AstrobioDataJobStale"], "a one-off Job has no schedule"
 
@@ -561,3 +563,30 @@ def test_readme_values_table_is_generated() -> None:
     values = (CHART / "values.yaml").read_text()
     assert gen.render(readme, values) == readme
     assert gen.render(readme, values + "# -- A new key.\nnewKey: 1\n") != readme
+
+
+def test_exoplasim_sweep_is_an_indexed_job_sharing_its_cache_on_the_pvc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's Indexed Job: its rendered --config is one the source accepts, with count = completions - 1 and
+    the run cache on the PVC every index mounts; index i < count runs share i, the last index publishes."""
+    from datajobs.sources.exoplasim_sweep import Config, share_of
+
+    docs = render(sets=["dataJobs.exoplasim-sweep.enabled=true"])
+    (job,) = [d for d in objects(docs, "Job") if d["metadata"]["labels"].get("astrobio.io/source") == "exoplasim-sweep"]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] >= 2 and spec["parallelism"] >= 2
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    config_file = Path(container["args"][container["args"].index("--config") + 1])
+    configmaps = {d["metadata"]["name"]: d for d in objects(docs, "ConfigMap")}
+    data = configmaps[mounts[str(config_file.parent)]["configMap"]["name"]]["data"][config_file.name]
+    sweep = Config(**yaml.safe_load(data)["exoplasim-sweep"])
+    assert sweep.count == spec["completions"] - 1
+    (claim_mount,) = [path for path, volume in mounts.items() if "persistentVolumeClaim" in volume]
+    assert str(sweep.cache_dir).startswith(claim_mount + "/")
+    roles = []
+    for index in range(spec["completions"]):
+        monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))
+        roles.append(share_of(sweep))
+    assert roles == [(i, sweep.count) for i in range(sweep.count + 1)]

@@ -113,6 +113,15 @@ def test_missing_chem_extra_names_it(datajobs_env: Path, tmp_path: Path, config)
     assert len(errors) == 1 and "astrobio-train[chem]" in errors[0], proc.stderr
 
 
+def test_datajobs_env_has_what_the_exoplasim_sweep_needs(datajobs_env: Path, tmp_path: Path) -> None:
+    """The sweep's Indexed Job runs in this image: the climate extra, gfortran, and ExoPlaSim's FFT module built
+    at image build time (the pod's root filesystem is read-only)."""
+    code = ("from datajobs.sources.exoplasim_sweep import check_dependencies; check_dependencies(); "
+            "import exoplasim.pyfft, netCDF4; print('ok')")
+    proc = run_in(datajobs_env, "python", "-c", code, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 def test_trainer_entrypoint_help(trainer_env: Path, tmp_path: Path) -> None:
     proc = run_in(trainer_env, "astrobio-train", "--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

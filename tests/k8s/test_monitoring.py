@@ -279,8 +279,8 @@ def test_unknown_alert_parameter_fails_the_render(tmp_path: Path) -> None:
 
 
 def test_every_component_has_evaluation_panels() -> None:
-    """components.json: a row per trainable component with its evaluation-loss queries (the only evaluation
-    gauge the trainer exports; report metrics are named in the panel descriptions as not exported)."""
+    """components.json: a row per trainable component with its evaluation-loss queries and the report's metrics
+    (astrobio_eval_metric, pushed when the report is written)."""
     board = json.loads((CHART / "dashboards" / "components.json").read_text())
     presets = yaml.safe_load((CHART / "values.yaml").read_text())["jobs"]
     components = {job["component"] for job in presets.values()}
@@ -290,3 +290,4 @@ def test_every_component_has_evaluation_panels() -> None:
             t["expr"] for p in board["panels"] for t in p.get("targets", []) if f'component="{component}"' in t["expr"]
         ]
         assert any("astrobio_eval_loss" in e for e in exprs), component
+        assert any("astrobio_eval_metric" in e and 'metric=~"' in e for e in exprs), component

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, free_port, require_module, wait_for
-from tests.k8s.chart import base_metric, contract_metrics, render, rules_spec
+from tests.k8s.chart import base_metric, contract_metrics, dashboard_queries, render, rules_spec
 from tests.k8s.pods import Pod, replica_pods
 from tests.k8s.prometheus import Prometheus
 from tests.k8s.test_monitoring import EXTERNAL, used_metric_names
@@ -25,6 +26,9 @@ CONDITIONAL = {
     "astrobio_gpu_memory_peak_bytes",
     "astrobio_gpu_memory_total_bytes",
 }
+# pushed to the Pushgateway once the report is written, not served on the metrics port
+PUSHED = {"astrobio_eval_metric"}
+COMPONENTS_BOARD = REPO / "charts" / "astrobio-train" / "dashboards" / "components.json"
 
 
 @pytest.fixture
@@ -85,9 +89,51 @@ def test_prometheus_scrapes_a_real_run_and_the_nan_alert_fires(
         for n in used_metric_names(rules_spec(render()))
         if not EXTERNAL.match(n) and not n.startswith("astrobio_datajob_")
     }
-    missing = used - CONDITIONAL - scraped
+    missing = used - CONDITIONAL - PUSHED - scraped
     assert not missing, f"rules/dashboards use names a real run does not export: {missing}"
     assert used >= CONDITIONAL
+
+
+@pytest.mark.slow
+def test_report_metrics_reach_prometheus_through_the_pushgateway(
+    planets_pod: Pod, tmp_path: Path, data_root: Path, pushgateway: str
+) -> None:
+    """The chart's planets pod pushes its report's metrics; a real Prometheus scraping a real Pushgateway (as
+    kube-prometheus-stack does, honor_labels) answers every planets report panel, one series per named metric."""
+    planets_pod.configure_run(
+        data_root,
+        free_port(),
+        **{
+            "logging.metrics_linger_seconds": 0,
+            "train.max_steps": 20,
+            "train.eval_every": 10,
+            "checkpoint.every_steps": 10,
+            "distributed.strategy": "none",
+            "model.protocol_evaluation": False,
+        },
+    )
+    code, out = planets_pod.wait(planets_pod.start({"PUSHGATEWAY_URL": pushgateway, "POD_NAMESPACE": "astrobio"}))
+    assert code == 0, out[-3000:]
+    scrape = {"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": [pushgateway[7:]]}]}
+    prometheus = Prometheus(tmp_path / "prometheus", [scrape], {"groups": []})
+    run = JOB_LABELS["pytorchjob"]  # the chart names the run after the job
+    try:
+        wait_for(lambda: prometheus.query(f'astrobio_eval_metric{{run="{run}"}}'), 60, "the pushed report metrics")
+        series = {s["metric"]["metric"]: s for s in prometheus.query(f'astrobio_eval_metric{{run="{run}"}}')}
+        rmse = series["test_rmse_dex"]
+        labels = {"job": "astrobio-train", "namespace": "astrobio", "component": "planets", "split": "test"}
+        assert rmse["metric"] | labels == rmse["metric"]
+        assert 0 < float(rmse["value"][1]) < 2, "log10 mass RMSE in dex"
+        assert series["chen_kipping_rmse_dex"]["metric"]["split"] == "report"
+        board = json.loads(COMPONENTS_BOARD.read_text())
+        panels = [q for q in dashboard_queries(board) if "astrobio_eval_metric" in q and 'component="planets"' in q]
+        assert len(panels) == 2
+        for query in panels:
+            answer = prometheus.query(query.replace("$job", run).replace("$namespace", "astrobio"))
+            wanted = re.search(r'metric=~"([^"]+)"', query).group(1).split("|")
+            assert sorted(a["metric"]["metric"] for a in answer) == sorted(wanted), query
+    finally:
+        prometheus.stop()
 
 
 @pytest.mark.gpu

@@ -61,11 +61,7 @@ def test_trainjob_spec_and_controller_rules() -> None:
     assert DNS_1035.match(name) and len(name) <= 63
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-astro"
     spec = job["spec"]
-    assert spec["runtimeRef"] == {
-        "apiGroup": "trainer.kubeflow.org",
-        "kind": "ClusterTrainingRuntime",
-        "name": "torch-distributed",
-    }
+    assert spec["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime", "name": name}
     assert spec["activeDeadlineSeconds"] == 43200
     trainer = spec["trainer"]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 1)
@@ -149,6 +145,41 @@ def test_trainjob_gpu_runtime_monitoring_and_network() -> None:
     assert (scrape["port"], scrape["endPort"]) == (9400, 9403)
     pods = pod["metadata"]["labels"]
     assert all(pods[k] == v for k, v in trainer_policy["spec"]["podSelector"]["matchLabels"].items())
+
+
+def runtimes(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["labels"]["astrobio.io/job"]: d for d in objects(docs, "TrainingRuntime")}
+
+
+def test_trainjob_runs_the_doctor_from_the_runtime_the_chart_renders() -> None:
+    """runtimePatches cannot add a container, so the job's own TrainingRuntime carries the doctor init container:
+    the same container a PyTorchJob pod of the same job gets, mounting the volumes the patch provides."""
+    docs = render(sets=["jobs.planets.kind=TrainJob", "jobs.planets.workers=1"])
+    job, runtime = trainjobs(docs)["planets"], runtimes(docs)["planets"]
+    assert job["spec"]["runtimeRef"]["name"] == runtime["metadata"]["name"] == job["metadata"]["name"]
+    assert runtime["metadata"]["namespace"] == job["metadata"]["namespace"]
+    assert runtime["spec"]["mlPolicy"] == {"numNodes": 2, "torch": {}}
+    (replicated,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert replicated["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    pod = trainjob_pod(job, runtime)["spec"]
+    (init,), (trainer,) = pod["initContainers"], pod["containers"]
+    assert init["name"] == "doctor" and init["args"][:4] == ["doctor", "-c", *trainer["args"][2:4]]
+    for key in ("image", "env", "resources", "volumeMounts", "securityContext"):
+        assert init[key] == trainer[key], key  # GPUs included: the doctor sees what the trainer will
+    assert {m["name"] for m in init["volumeMounts"]} <= {v["name"] for v in pod["volumes"]}
+    pytorch = pod_specs(objects(render(sets=["jobs.planets.workers=1"]), "PyTorchJob")[0])[0]
+    assert pytorch["initContainers"] == [init]
+
+
+def test_trainjob_doctor_is_switchable() -> None:
+    docs = render(sets=["jobs.planets.kind=TrainJob", "doctor.enabled=false"])
+    assert "initContainers" not in trainjob_pod(trainjobs(docs)["planets"], runtimes(docs)["planets"])["spec"]
+    own = [f"jobs.planets.trainJob.{k}" for k in ("renderRuntime=false", "runtimeRef.kind=TrainingRuntime",
+                                                   "runtimeRef.name=team-torch", "replicatedJob=node",
+                                                   "container=node")]
+    docs = render(sets=["jobs.planets.kind=TrainJob", *own])
+    assert not objects(docs, "TrainingRuntime")  # a runtime of the user's own: referenced, no doctor
+    assert trainjobs(docs)["planets"]["spec"]["runtimeRef"]["name"] == "team-torch"
 
 
 def test_trainjob_crd_catches_a_wrong_field() -> None:

@@ -84,6 +84,10 @@ template:
           - {{ $.job.source }}
           - --root
           - {{ $.root.Values.storage.dataRoot | quote }}
+          {{- if $.job.config }}
+          - --config
+          - /etc/astrobio-data/config.yaml
+          {{- end }}
           {{- range $.job.extraArgs }}
           - {{ . | quote }}
           {{- end }}
@@ -105,7 +109,12 @@ template:
         volumeMounts:
           - name: tmp
             mountPath: /tmp
-          {{- if include "astrobio.dataOnPvc" $.root }}
+          {{- if $.job.config }}
+          - name: source-config
+            mountPath: /etc/astrobio-data
+            readOnly: true
+          {{- end }}
+          {{- if include "astrobio.dataJobMountsPvc" (dict "root" $.root "job" $.job) }}
           - name: data
             mountPath: {{ $.root.Values.storage.pvc.mountPath }}
           {{- end }}
@@ -113,9 +122,33 @@ template:
       - name: tmp
         emptyDir:
           sizeLimit: {{ $.job.tmpSize }}
-      {{- if include "astrobio.dataOnPvc" $.root }}
+      {{- if $.job.config }}
+      - name: source-config
+        configMap:
+          name: {{ $.name }}-config
+      {{- end }}
+      {{- if include "astrobio.dataJobMountsPvc" (dict "root" $.root "job" $.job) }}
       - name: data
         persistentVolumeClaim:
           claimName: {{ include "astrobio.pvcName" $.root }}
       {{- end }}
+{{- end -}}
+
+
+{{/* a data job mounts the PVC when the data root is on it, or when it is a one-off Job (a simulation: its run
+cache is shared by the pods of an Indexed Job) and the PVC exists; from {root, job} */}}
+{{- define "astrobio.dataJobMountsPvc" -}}
+{{- if or (include "astrobio.dataOnPvc" .root) (and (eq .job.kind "Job") .root.Values.storage.pvc.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{/* the source's --config file from {root, job}: its settings, plus count for an Indexed Job */}}
+{{- define "astrobio.dataJobConfig" -}}
+{{- $cfg := deepCopy .job.config -}}
+{{- if and (eq .job.kind "Job") (eq .job.completionMode "Indexed") -}}
+{{- if lt (int .job.completions) 2 -}}
+{{- fail (printf "dataJobs for %s: an Indexed Job needs completions >= 2 (shares, then the publishing index)" .job.source) -}}
+{{- end -}}
+{{- $_ := set $cfg "count" (sub (int .job.completions) 1) -}}
+{{- end -}}
+{{- toYaml (dict .job.source $cfg) -}}
 {{- end -}}

@@ -114,6 +114,15 @@ args:
 # seconds the ranks get on SIGTERM to write their checkpoint, inside terminationGracePeriodSeconds
 - name: ASTROBIO_SHUTDOWN_TIMEOUT_SECONDS
   value: {{ include "astrobio.shutdownTimeout" .job | quote }}
+{{- with .root.Values.monitoring.pushgatewayUrl }}
+# the run report's metrics (astrobio_eval_metric) are pushed here once, grouped by run and namespace
+- name: PUSHGATEWAY_URL
+  value: {{ . | quote }}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end }}
 {{- with .job.extraEnv }}
 {{ toYaml . }}
 {{- end }}
