@@ -29,6 +29,7 @@ render planets-tune-job.yaml tune-values.yaml
 render graph-vae-job.yaml graph-vae-values.yaml
 render spectrum-job.yaml spectrum-values.yaml
 render datacube-job.yaml datacube-values.yaml
+render metabolic-links-job.yaml metabolic-links-values.yaml
 render monitoring.yaml monitoring-values.yaml \
   --api-versions monitoring.coreos.com/v1/PodMonitor --api-versions monitoring.coreos.com/v1/PrometheusRule \
   --show-only templates/monitoring/podmonitor.yaml --show-only templates/monitoring/prometheusrule.yaml \

@@ -50,7 +50,8 @@ CRD_SHA256 = {
 }
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # every trainable component: its job preset (disabled by default beside planets) and the data job feeding it
-COMPONENT_JOBS = {"graph-vae": "molecules", "spectrum": "spectra-sim", "datacube": "exoplasim-sweep"}
+COMPONENT_JOBS = {"graph-vae": "molecules", "spectrum": "spectra-sim", "datacube": "exoplasim-sweep",
+                  "metabolic-links": "metabolic"}
 RESTRICTED_VOLUMES = {
     "configMap",
     "emptyDir",

@@ -284,7 +284,7 @@ def test_every_component_has_evaluation_panels() -> None:
     board = json.loads((CHART / "dashboards" / "components.json").read_text())
     presets = yaml.safe_load((CHART / "values.yaml").read_text())["jobs"]
     components = {job["component"] for job in presets.values()}
-    assert components >= {"planets", "llm", "graph-vae", "spectrum", "datacube"}
+    assert components >= {"planets", "llm", "graph-vae", "spectrum", "datacube", "metabolic-links"}
     for component in components:
         exprs = [
             t["expr"] for p in board["panels"] for t in p.get("targets", []) if f'component="{component}"' in t["expr"]
