@@ -322,6 +322,7 @@ class Trainer:
     def _save(self, engine: Engine, ckpt: Checkpointer, telemetry: Telemetry, state: TrainerState) -> None:
         """Checkpoint; a failed write is one line and a count, and training goes on until too many in a row."""
         state.scheduler = engine.scheduler.state_dict()
+        telemetry.flush()  # the step records up to this checkpoint reach metrics.jsonl before it exists
         try:
             path, seconds = ckpt.save(engine, state)
         except CheckpointWriteError as exc:
