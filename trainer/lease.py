@@ -127,10 +127,8 @@ class Lease:
         current = read_holder(self.path)
         if current is None:
             raise self._held_by(current)
-        aged = time.time() - current.heartbeat > self.timeout
-        here = current.host == self.holder.host and current.pod == self.holder.pod
-        died_here = here and current.pid != self.holder.pid and process_gone(current.pid)
-        if not (aged or died_here):
+        why = self._dead(current)
+        if why is None:
             raise self._held_by(current)
         aside = self.path.with_name(f"{LEASE_FILE}.stale-{self.holder.id}")
         try:
@@ -146,12 +144,23 @@ class Lease:
         aside.unlink(missing_ok=True)
         if not self._link():
             raise self._held_by(read_holder(self.path))
-        why = (f"older than checkpoint.lease_timeout_seconds={self.timeout:g}" if aged
-               else "its process no longer exists on this host")
         log.warning("took over the lease of %s: %s", current.describe(), why)
         self._start()
 
+    def _dead(self, other: Holder) -> str | None:
+        """Why `other` is dead (heartbeat too old, or its process is gone from this host and pod), else None."""
+        if time.time() - other.heartbeat > self.timeout:
+            return f"older than checkpoint.lease_timeout_seconds={self.timeout:g}"
+        here = other.host == self.holder.host and other.pod == self.holder.pod
+        if here and other.pid != self.holder.pid and process_gone(other.pid):
+            return "its process no longer exists on this host"
+        return None
+
     def _start(self) -> None:
+        for stray in self.path.parent.glob(f"{LEASE_FILE}.*.tmp"):  # a holder killed while writing its record
+            other = read_holder(stray)
+            if other is not None and other.id != self.holder.id and self._dead(other):
+                stray.unlink(missing_ok=True)
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
 
