@@ -48,6 +48,7 @@ bench: venv tools  ## benchmarks; results go to docs/benchmarks.md by hand
 	$(BIN)/python -m bench.datajobs
 	$(BIN)/python -m bench.predict
 	$(BIN)/python -m bench.checkpoint_async
+	$(BIN)/python -m bench.chaos
 
 manifests: tools  ## render manifests/ from the chart
 	bash charts/render-manifests.sh

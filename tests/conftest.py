@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -82,6 +86,51 @@ def train_losses(run: Path) -> dict[int, float]:
         if record["kind"] == "train":
             losses[record["step"]] = record["loss"]
     return losses
+
+
+def assert_resumed(run: Path, stderr: str, step: int, started: float, expected: dict[int, float],
+                   rel: float = 0.0) -> None:
+    """A rerun started at time.time() `started` resumed from its checkpoint of `step`: it says so, it trained only
+    the steps after it (its console step lines; the times of the metrics.jsonl records), metrics.jsonl holds each
+    step of `expected` once, and every loss equals the uninterrupted run's (`rel` 0: exactly)."""
+    assert f"resumed from step {step} (" in stderr, stderr[-3000:]
+    console = [int(s) for s in re.findall(r"INFO step (\d+)/\d+ loss", stderr)]
+    assert console and min(console) > step, f"the rerun trained steps {console[:3]}..., expected only after {step}"
+    train = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert [r["step"] for r in train] == sorted(expected), "metrics.jsonl should hold each step once, in order"
+    assert [r["step"] for r in train if r["time"] >= started] == [s for s in sorted(expected) if s > step]
+    got = {r["step"]: r["loss"] for r in train}
+    worst = max(abs(got[s] - expected[s]) / max(abs(expected[s]), 1e-12) for s in expected)
+    differing = [s for s in sorted(expected) if not math.isclose(got[s], expected[s], rel_tol=rel, abs_tol=0)]
+    assert not differing, (f"losses differ from the uninterrupted run's at steps {differing[:5]}... "
+                           f"(largest relative difference {worst:.2e}, allowed {rel:g})")
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and every process it started (the launcher's workers run in their own sessions, so a
+    process group would miss them), all listed before any is killed."""
+    import psutil
+
+    try:
+        parent = psutil.Process(proc.pid)
+        family = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def sigterm_when(proc: subprocess.Popen, predicate, timeout: float, what: str) -> str:
+    """Send SIGTERM once predicate() holds (as Kubernetes does on preemption); the process's stderr once it ended."""
+    try:
+        wait_for(predicate, timeout, what, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return err
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:

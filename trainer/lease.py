@@ -163,6 +163,10 @@ class Lease:
         self._start()
 
     def _start(self) -> None:
+        for stray in self.path.parent.glob(f"{LEASE_FILE}.*.tmp"):  # a holder killed while writing its record
+            other = read_holder(stray)
+            if other is not None and other.id != self.holder.id and stale_reason(other, self.timeout):
+                stray.unlink(missing_ok=True)
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
 

@@ -331,6 +331,7 @@ class Trainer:
         started = time.perf_counter()
         self._record(ckpt.wait(), ckpt, telemetry)
         state.scheduler = engine.scheduler.state_dict()
+        telemetry.flush()  # the step records up to this checkpoint reach metrics.jsonl before it exists
         outcome = ckpt.save(engine, state, background)
         telemetry.on_checkpoint_blocked(time.perf_counter() - started)
         self._record(outcome, ckpt, telemetry)

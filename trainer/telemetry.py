@@ -299,12 +299,16 @@ class Telemetry:
         self.prom.nonfinite[kind].inc()
         self._write({"kind": "nonfinite", "step": step, "time": time.time(), "what": kind})
 
+    def flush(self) -> None:
+        """Write this window's buffered step records now; the loop calls it before each checkpoint, so a checkpoint
+        of step N never exists while records up to N are still only in memory (a kill would lose them for good)."""
+        if self._pending:
+            self._write(self._pending.pop())
+
     def close(self) -> None:
         """Flush sinks; keep /metrics up for `metrics_linger_seconds` so the last values get scraped."""
         self.prom.update_memory()
-        if self._pending:
-            last = self._pending.pop()
-            self._write(last)
+        self.flush()
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None

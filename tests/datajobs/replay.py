@@ -47,6 +47,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    received: float  # time.monotonic() when the server read the request: tests time the client by these
 
 
 @dataclass
@@ -95,7 +96,7 @@ class ReplayServer:
                 query = parse_qs(parts.query)
                 if method == "POST" and self.headers.get("Content-Type", "").startswith("application/x-www-form"):
                     query.update(parse_qs(body.decode()))
-                server.requests.append(Request(method, parts.path, query, dict(self.headers), body))
+                server.requests.append(Request(method, parts.path, query, dict(self.headers), body, time.monotonic()))
                 route = server.routes.get(parts.path)
                 if route is None:
                     return self._send(404, b"no recorded response for this path", "text/plain")

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import checkpoint_steps, cli_env, free_port, run_cli, train_losses, wait_for
+from tests.conftest import (
+    assert_resumed,
+    checkpoint_steps,
+    cli_env,
+    free_port,
+    kill_tree,
+    run_cli,
+    train_losses,
+    wait_for,
+)
 from tests.llm.conftest import QUICK, llm_args
+
+pytestmark = pytest.mark.slow  # every test starts two LLM ranks (tens of seconds each on 2 CPU cores)
 
 
 def pytorchjob_env(rank: int, port: int) -> dict[str, str]:
@@ -25,18 +37,6 @@ def start_pair(args: list[str]) -> list[subprocess.Popen]:
     port = free_port()
     return [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=pytorchjob_env(rank, port)) for rank in (0, 1)]
-
-
-def kill_pod(proc: subprocess.Popen) -> None:
-    """SIGKILL a replica and every process it started (the launcher's workers run in their own sessions)."""
-    import psutil
-
-    try:
-        parent = psutil.Process(proc.pid)
-        for p in [*parent.children(recursive=True), parent]:
-            p.kill()
-    except psutil.NoSuchProcess:
-        pass
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
@@ -100,21 +100,22 @@ def test_fsdp_kill_and_resume_continues_with_identical_losses(text_root: Path, t
     procs = start_pair(llm_args(text_root, tmp_path, *QUICK, "data.batch_size=8", *FSDP,
                                 "train.max_steps=100000", "train.eval_every=100000"))
     try:
-        wait_for(lambda: checkpoint_steps(run) == [6], 240, "the step-6 checkpoint", procs[0])
+        wait_for(lambda: 6 in checkpoint_steps(run), 240, "the step-6 checkpoint", procs[0])
     finally:
         for p in procs:
-            kill_pod(p)  # the whole pod at once: no chance to checkpoint again
+            kill_tree(p)  # the whole pod at once: no chance to checkpoint again
     finish(procs)
-    assert checkpoint_steps(run) == [6]
+    assert checkpoint_steps(run) == [6]  # killed long before step 12
+    started = time.time()
     results = two_ranks(text_root, tmp_path, *FSDP)
     assert [rc for rc, _ in results] == [0, 0], "\n".join(err[-2000:] for _, err in results)
-    resumed = train_losses(run)
-    assert all(resumed[s] == pytest.approx(fsdp_pair[s], rel=1e-6, abs=0) for s in range(7, 13))
+    assert_resumed(run, results[0][1], 6, started, fsdp_pair, rel=1e-6)
 
 
-def test_sigterm_to_one_rank_checkpoints_both_and_exits_143(text_root: Path, tmp_path: Path) -> None:
+def test_sigterm_to_one_rank_checkpoints_both_exits_143_and_the_rerun_continues(
+        text_root: Path, tmp_path: Path, fsdp_pair: dict[int, float]) -> None:
     run = tmp_path / "llm-tiny"
-    procs = start_pair(llm_args(text_root, tmp_path, *QUICK, "data.batch_size=8", "distributed.strategy=fsdp",
+    procs = start_pair(llm_args(text_root, tmp_path, *QUICK, "data.batch_size=8", *FSDP,
                                 "train.max_steps=100000", "checkpoint.every_steps=100000",
                                 "train.eval_every=100000"))
     try:
@@ -125,7 +126,11 @@ def test_sigterm_to_one_rank_checkpoints_both_and_exits_143(text_root: Path, tmp
         results = finish(procs)
     assert [rc for rc, _ in results] == [143, 143], results[0][1][-2000:] + results[1][1][-2000:]
     last = max(train_losses(run))
-    assert checkpoint_steps(run) == [last]
+    assert checkpoint_steps(run) == [last] and last < 12, last
+    started = time.time()
+    results = two_ranks(text_root, tmp_path, *FSDP)  # the 12-step run of fsdp_pair, from the SIGTERM checkpoint
+    assert [rc for rc, _ in results] == [0, 0], "\n".join(err[-2000:] for _, err in results)
+    assert_resumed(run, results[0][1], last, started, fsdp_pair, rel=1e-6)
 
 
 def test_nan_on_one_rank_stops_both_with_exit_3(text_root: Path, tmp_path: Path) -> None:

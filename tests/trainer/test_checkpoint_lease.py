@@ -74,3 +74,20 @@ def test_a_holder_whose_process_is_gone_on_this_host_is_taken_over_at_once(tmp_p
     (tmp_path / ".lease.json").write_text(json.dumps(alive) + "\n")
     with pytest.raises(LeaseHeld, match=f"in use by pid {os.getppid()}"):
         Lease(tmp_path, 60, "deadbeef0003").acquire()
+
+
+def test_a_dead_holders_temp_lease_file_is_removed_a_live_ones_kept(tmp_path: Path) -> None:
+    """kill -9 between writing `.lease.json.<id>.tmp` and linking or renaming it leaves the temp file behind."""
+    from trainer.lease import Lease
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    template = Lease(tmp_path, 60, "deadbeef0001").holder.__dict__
+    stray = tmp_path / ".lease.json.deadbeef0001.tmp"
+    stray.write_text(json.dumps({**template, "pid": dead.pid}) + "\n")
+    live = tmp_path / ".lease.json.deadbeef0002.tmp"  # another starter on this host, still running
+    live.write_text(json.dumps({**template, "id": "deadbeef0002", "pid": os.getppid()}) + "\n")
+    lease = Lease(tmp_path, 60, "deadbeef0003")
+    lease.acquire()
+    lease.release()
+    assert not stray.exists() and live.exists()
