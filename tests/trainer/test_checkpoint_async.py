@@ -31,10 +31,9 @@ from tests.conftest import (
 )
 from tests.llm.conftest import QUICK, llm_args
 from tests.llm.test_llm_distributed import FSDP, finish, start_pair
+from tests.trainer.conftest import CHECKPOINTED
 from tests.trainer.test_checkpoint_write_failures import assert_three_failures_then_exit_4, limit_file_size
 
-SETTINGS = ("train.max_steps=30", "train.early_stopping_patience=null", "checkpoint.every_steps=10",
-            "checkpoint.keep_last=10", "train.eval_every=10", "train.log_every=10")
 ASYNC = "checkpoint.async_save=true"
 
 
@@ -62,15 +61,6 @@ def verify_ok(run: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def sync_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The synchronous reference: 30 steps, checkpoints at 10, 20 and 30."""
-    run_dir = tmp_path_factory.mktemp("sync")
-    result = run_cli(planets_args(data_root, run_dir, *SETTINGS))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir / "planets"
-
-
 def scrape(port: int) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
@@ -86,9 +76,9 @@ def series(exposition: str, name: str) -> float:
 
 @pytest.mark.slow
 def test_async_run_writes_in_the_background_what_a_sync_run_writes(data_root: Path, tmp_path: Path,
-                                                                   sync_run: Path) -> None:
+                                                                   checkpointed: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(planets_args(data_root, tmp_path, *SETTINGS, ASYNC, f"logging.metrics_port={port}",
+    proc = subprocess.Popen(planets_args(data_root, tmp_path, *CHECKPOINTED, ASYNC, f"logging.metrics_port={port}",
                                          "logging.metrics_linger_seconds=15"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
@@ -101,44 +91,45 @@ def test_async_run_writes_in_the_background_what_a_sync_run_writes(data_root: Pa
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
     run = tmp_path / "planets"
-    assert train_losses(run) == train_losses(sync_run)
-    assert shard_hashes(run) == shard_hashes(sync_run)
+    assert train_losses(run) == train_losses(checkpointed)
+    assert shard_hashes(run) == shard_hashes(checkpointed)
     assert len(shard_hashes(run)) == 3
-    assert (run / "best" / "model.safetensors").read_bytes() == (sync_run / "best" / "model.safetensors").read_bytes()
+    best = "best/model.safetensors"
+    assert (run / best).read_bytes() == (checkpointed / best).read_bytes()
     verify_ok(run)
     # Blocked: each save call, and the wait for the save in flight before best weights are written.
     assert series(exposition, "astrobio_checkpoint_blocked_seconds_count") >= 3
     assert series(exposition, "astrobio_checkpoint_failures_total") == 0
 
     # The step-10 save completed after training went on (async), right after it in the sync run.
-    got, expected = records(run), records(sync_run)
+    got, expected = records(run), records(checkpointed)
     assert position(got, "checkpoint", 10) > position(got, "train", 11)
     assert position(expected, "checkpoint", 10) < position(expected, "train", 11)
 
 
 @pytest.mark.slow
-def test_resume_from_an_async_checkpoint_is_exact(data_root: Path, tmp_path: Path, sync_run: Path) -> None:
+def test_resume_from_an_async_checkpoint_is_exact(data_root: Path, tmp_path: Path, checkpointed: Path) -> None:
     """A NaN at step 25 stops the run (exit 3) while the step-20 save may still be in flight: it is finished
     and published on the way out; the rerun resumes from it with the uninterrupted run's losses."""
-    stopped = run_cli(planets_args(data_root, tmp_path, *SETTINGS, ASYNC, "train.inject_nan_at_step=25"))
+    stopped = run_cli(planets_args(data_root, tmp_path, *CHECKPOINTED, ASYNC, "train.inject_nan_at_step=25"))
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     run = tmp_path / "planets"
     assert checkpoint_steps(run) == [10, 20]
     verify_ok(run)
-    resumed = run_cli(planets_args(data_root, tmp_path, *SETTINGS, ASYNC))
+    resumed = run_cli(planets_args(data_root, tmp_path, *CHECKPOINTED, ASYNC))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step 20" in resumed.stderr
-    assert train_losses(run) == train_losses(sync_run)
-    assert shard_hashes(run)["step-00000030"] == shard_hashes(sync_run)["step-00000030"]
+    assert train_losses(run) == train_losses(checkpointed)
+    assert shard_hashes(run)["step-00000030"] == shard_hashes(checkpointed)["step-00000030"]
 
 
 @pytest.mark.slow
 def test_kill_9_during_a_background_write_resumes_from_the_previous_checkpoint(data_root: Path, tmp_path: Path,
-                                                                              sync_run: Path) -> None:
+                                                                              checkpointed: Path) -> None:
     """Saves every step; the process is frozen (SIGSTOP) the moment a temp folder holds a DCP shard (only the
     background thread writes shards), and killed once a write is seen in flight while frozen."""
     run = tmp_path / "planets"
-    proc = subprocess.Popen(planets_args(data_root, tmp_path, *SETTINGS, ASYNC, "checkpoint.every_steps=1"),
+    proc = subprocess.Popen(planets_args(data_root, tmp_path, *CHECKPOINTED, ASYNC, "checkpoint.every_steps=1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
 
     def writing() -> list[Path]:
@@ -163,10 +154,10 @@ def test_kill_9_during_a_background_write_resumes_from_the_previous_checkpoint(d
     newest = checkpoint_steps(run)[-1]
     assert in_flight.endswith(f"step-{newest + 1:08d}"), (in_flight, newest)
     verify_ok(run)  # every renamed checkpoint is complete
-    resumed = run_cli(planets_args(data_root, tmp_path, *SETTINGS, ASYNC))
+    resumed = run_cli(planets_args(data_root, tmp_path, *CHECKPOINTED, ASYNC))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {newest}" in resumed.stderr
-    assert train_losses(run) == train_losses(sync_run)
+    assert train_losses(run) == train_losses(checkpointed)
     assert not list((run / "checkpoints").glob(".tmp-*"))  # the dead holder's temp folder was removed
     verify_ok(run)
 
@@ -176,8 +167,8 @@ def test_ddp_two_ranks_with_async_saves_write_what_sync_saves_write(data_root: P
     ddp = ("distributed.strategy=ddp", "data.batch_size=32", "train.precision=fp32", "model.dropout=0.0")
     runs = {}
     for name, extra in (("sync", ()), ("async", (ASYNC,))):
-        result = run_cli([*planets_args(data_root, tmp_path / name, *SETTINGS, *ddp, *extra), "--nproc-per-node", "2"],
-                         PET_MASTER_PORT=str(free_port()))
+        args = [*planets_args(data_root, tmp_path / name, *CHECKPOINTED, *ddp, *extra), "--nproc-per-node", "2"]
+        result = run_cli(args, PET_MASTER_PORT=str(free_port()))
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = tmp_path / name / "planets"
     assert train_losses(runs["async"]) == train_losses(runs["sync"])
@@ -190,7 +181,7 @@ def test_ddp_two_ranks_with_async_saves_write_what_sync_saves_write(data_root: P
 def test_failing_background_writes_are_counted_and_stop_the_run_with_exit_4(data_root: Path, tmp_path: Path) -> None:
     """The shard writes fail in the background (size-limited files, EFBIG): each failure is surfaced at the next
     wait point (the next save) as one line, training goes on, and the third in a row stops the run."""
-    args = planets_args(data_root, tmp_path, *SETTINGS, ASYNC, "train.max_steps=40",
+    args = planets_args(data_root, tmp_path, *CHECKPOINTED, ASYNC, "train.max_steps=40",
                         "checkpoint.max_consecutive_failures=3")
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=cli_env(),
                             preexec_fn=limit_file_size)

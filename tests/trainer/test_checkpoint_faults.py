@@ -9,18 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BIN, planets_args, run_cli, train_losses
-
-SETTINGS = ("train.max_steps=30", "train.early_stopping_patience=null", "checkpoint.every_steps=10",
-            "checkpoint.keep_last=10", "train.eval_every=10", "train.log_every=10")
-
-
-@pytest.fixture(scope="module")
-def finished(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 30-step run with checkpoints at steps 10, 20 and 30 (the uninterrupted reference)."""
-    run_dir = tmp_path_factory.mktemp("finished")
-    result = run_cli(planets_args(data_root, run_dir, *SETTINGS))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir / "planets"
+from tests.trainer.conftest import CHECKPOINTED
 
 
 def damage(folder: Path, how: str) -> None:
@@ -42,24 +31,24 @@ def copy_run(run: Path, dest: Path) -> Path:
 
 
 @pytest.mark.parametrize("how", ["flip", "truncate", "no_manifest"])
-def test_damaged_newest_checkpoint_resumes_from_the_previous_one(data_root: Path, tmp_path: Path, finished: Path,
+def test_damaged_newest_checkpoint_resumes_from_the_previous_one(data_root: Path, tmp_path: Path, checkpointed: Path,
                                                                  how: str) -> None:
-    run = copy_run(finished, tmp_path)
+    run = copy_run(checkpointed, tmp_path)
     damage(run / "checkpoints" / "step-00000030", how)
-    result = run_cli(planets_args(data_root, tmp_path, *SETTINGS))
+    result = run_cli(planets_args(data_root, tmp_path, *CHECKPOINTED))
     assert result.returncode == 0, result.stderr[-3000:]
     named = [line for line in result.stderr.splitlines() if "step-00000030 is damaged" in line]
     assert len(named) == 1, result.stderr[-3000:]
     assert "resumed from step 20" in result.stderr
-    expected, got = train_losses(finished), train_losses(run)
+    expected, got = train_losses(checkpointed), train_losses(run)
     assert sorted(got) == list(range(1, 31))
     assert [got[s] for s in range(21, 31)] == [expected[s] for s in range(21, 31)]
     verify = run_cli([str(BIN / "astrobio-train"), "checkpoints", "verify", str(run)])
     assert verify.returncode == 0, verify.stdout + verify.stderr  # step 30 was written again
 
 
-def test_no_verified_checkpoint_exits_2_naming_the_folder(data_root: Path, tmp_path: Path, finished: Path) -> None:
-    run = copy_run(finished, tmp_path)
+def test_no_verified_checkpoint_exits_2_naming_the_folder(data_root: Path, tmp_path: Path, checkpointed: Path) -> None:
+    run = copy_run(checkpointed, tmp_path)
     for folder in (run / "checkpoints").glob("step-*"):
         damage(folder, "flip")
     listing = run_cli([str(BIN / "astrobio-train"), "checkpoints", "list", str(run)])
@@ -69,7 +58,7 @@ def test_no_verified_checkpoint_exits_2_naming_the_folder(data_root: Path, tmp_p
     verify = run_cli([str(BIN / "astrobio-train"), "checkpoints", "verify", str(run)])
     assert verify.returncode == 2
     assert all("DAMAGED: __0_0.distcp does not match its sha256" in line for line in verify.stdout.splitlines())
-    result = run_cli(planets_args(data_root, tmp_path, *SETTINGS))
+    result = run_cli(planets_args(data_root, tmp_path, *CHECKPOINTED))
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert f"no checkpoint in {run / 'checkpoints'} verifies" in last
@@ -77,20 +66,20 @@ def test_no_verified_checkpoint_exits_2_naming_the_folder(data_root: Path, tmp_p
 
 
 def test_metrics_after_a_resume_hold_each_step_once_and_a_torn_line_is_repaired(
-        data_root: Path, tmp_path: Path, finished: Path) -> None:
+        data_root: Path, tmp_path: Path, checkpointed: Path) -> None:
     """A run stopped at step 25 (injected NaN, exit 3) has records after its step-20 checkpoint, then a line
     torn as by kill -9 is appended; the rerun keeps records up to 20 once, writes 21-30 once."""
-    stopped = run_cli(planets_args(data_root, tmp_path, *SETTINGS, "train.inject_nan_at_step=25"))
+    stopped = run_cli(planets_args(data_root, tmp_path, *CHECKPOINTED, "train.inject_nan_at_step=25"))
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     metrics = tmp_path / "planets" / "metrics.jsonl"
     assert max(train_losses(tmp_path / "planets")) == 24
     with open(metrics, "a") as f:
         f.write('{"kind": "train", "step": 2')
-    resumed = run_cli(planets_args(data_root, tmp_path, *SETTINGS))
+    resumed = run_cli(planets_args(data_root, tmp_path, *CHECKPOINTED))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step 20" in resumed.stderr
     records = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line parses
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 31))
     assert [r["step"] for r in records if r["kind"] == "eval"] == [10, 20, 30]
-    expected = train_losses(finished)
+    expected = train_losses(checkpointed)
     assert {r["step"]: r["loss"] for r in records if r["kind"] == "train"} == expected
