@@ -45,6 +45,8 @@ lint: venv  ## ruff
 
 bench: venv tools  ## benchmarks; results go to docs/benchmarks.md by hand
 	$(BIN)/python -m bench.trainer_overhead
+	$(BIN)/python -m bench.trainer_overhead --steps 300 --set model.hidden=640
+	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.datajobs
 	$(BIN)/python -m bench.predict
 	$(BIN)/python -m bench.checkpoint_async

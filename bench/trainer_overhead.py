@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def bare_loop(cfg, data_root: str, steps: int) -> list[float]:
-    """The textbook loop: sampler, autocast, forward, backward, clip, step; returns step end times."""
+    """The textbook loop: sampler, autocast, the component's loss, backward, clip, step; returns step end times."""
     seed_everything(cfg.train.seed)
     component = components.get(cfg.component)(cfg)
     data = component.build_data(Store(data_root))
@@ -46,10 +46,9 @@ def bare_loop(cfg, data_root: str, steps: int) -> list[float]:
     device = torch.device("cpu")
     ends = []
     for _ in range(steps):
-        x, y = next(loader)
+        batch = next(loader)
         with autocast(cfg, device):
-            pred = model(x).float()
-        loss = torch.nn.functional.mse_loss(pred, y)
+            loss = component.training_step(model, batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
         optimizer.step()
