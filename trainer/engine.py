@@ -131,7 +131,7 @@ class TorchEngine(Engine):
     def step(self) -> None:
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=False)  # keep the gradient memory: no re-faulting it next step
+        self.zero_grad()
         return None
 
     def zero_grad(self) -> None:
