@@ -55,7 +55,7 @@ def ours_seconds(config: str, data_root: str, run_root: Path, env: dict[str, str
                     "--set", "model.protocol_evaluation=false", "--set", "logging.console=false"],
                    env=env, check=True, capture_output=True)
     metrics = next(run_root.glob("*/metrics.jsonl"))
-    first = next(json.loads(line) for line in metrics.read_text().splitlines() if '"train"' in line)
+    first = next(r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "train")
     return first["time"] - start
 
 
