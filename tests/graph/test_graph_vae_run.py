@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -52,6 +53,11 @@ def test_report_has_the_comparison_tables_and_figures(trained: Path) -> None:
     assert (trained / "samples.png").stat().st_size > 1000 and (trained / "interpolation.png").is_file()
     losses = train_losses(trained)
     assert sum(losses[s] for s in range(51, 61)) < sum(losses[s] for s in range(1, 11)) * 0.8
+    # the collapse check reaches the report and the bundle (60 tiny steps are too few for z to carry much; the
+    # model test trains longer); the free bits keep the KL off zero
+    report_metrics = json.loads((trained / "best" / "bundle.json").read_text())["metrics"]
+    assert "| recon NLL shuffled z (test, nats) |" in report and report_metrics["active_units"] > 0
+    assert report_metrics["KL_(test,_nats)"] > 2.0, report_metrics
 
 
 def test_predict_and_sample_from_the_bundle(trained: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from torch_geometric.utils import to_dense_adj, to_dense_batch
 
 BOND_CLASSES = 4  # 0 = no bond, 1/2/3 = kekulized bond order
+DROPOUT_SALT = 0x5BD1E995  # decoder input dropout draws, independent of the latent noise
 
 
 def laplacian_pe(num_nodes: int, edges: list[tuple[int, int]], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,15 +33,20 @@ def laplacian_pe(num_nodes: int, edges: list[tuple[int, int]], k: int) -> tuple[
     return out_v, out_l
 
 
-def hashed_normal(keys: torch.Tensor, step: int, dim: int) -> torch.Tensor:
-    """Standard normal noise [len(keys), dim] that depends only on (key, step): the same molecule gets the same
-    draw whatever the batch, rank count or device, so 2 DDP ranks equal 1 and a resume repeats exactly."""
-    d = torch.arange(2 * dim, device=keys.device, dtype=torch.int64)
-    x = keys.to(torch.int64)[:, None] * 0x9E3779B1 + int(step) * 0x85EBCA77 + d[None, :] * 0x27D4EB2F + 0x165667B1
+def hashed_uniform(keys: torch.Tensor, step: int, dim: int, salt: int = 0x165667B1) -> torch.Tensor:
+    """Uniform (0, 1) numbers [len(keys), dim] that depend only on (key, step, salt): the same molecule gets the
+    same draw whatever the batch, rank count or device, so 2 DDP ranks equal 1 and a resume repeats exactly."""
+    d = torch.arange(dim, device=keys.device, dtype=torch.int64)
+    x = keys.to(torch.int64)[:, None] * 0x9E3779B1 + int(step) * 0x85EBCA77 + d[None, :] * 0x27D4EB2F + salt
     for mult in (0x2545F4914F6CDD1D, 0x1B873593CC9E2D51):
         x = (x ^ (x >> 29)) * mult  # int64 multiply wraps: a fixed mixing function
     x = x ^ (x >> 32)
-    u = ((x & 0xFFFFFF).to(torch.float32) + 0.5) / float(1 << 24)
+    return ((x & 0xFFFFFF).to(torch.float32) + 0.5) / float(1 << 24)
+
+
+def hashed_normal(keys: torch.Tensor, step: int, dim: int) -> torch.Tensor:
+    """Standard normal noise [len(keys), dim] from `hashed_uniform` (Box-Muller)."""
+    u = hashed_uniform(keys, step, 2 * dim)
     u1, u2 = u[:, :dim], u[:, dim:]
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)
 
@@ -98,11 +104,12 @@ class GraphVAE(nn.Module):
     def __init__(self, num_tokens: int, max_valence: list[int], max_atoms: int, *, hidden: int = 128,
                  latent: int = 32, layers: int = 3, heads: int = 4, lap_k: int = 4, rw_steps: int = 8,
                  max_distance: int = 6, beta: float = 1.0, kl_anneal_steps: int = 1000,
-                 free_bits: float = 0.05) -> None:
+                 free_bits: float = 0.05, input_dropout: float = 0.0) -> None:
         super().__init__()
         self.num_tokens, self.max_atoms, self.latent = num_tokens, max_atoms, latent
         self.rw_steps, self.max_distance = rw_steps, max_distance
         self.beta_max, self.kl_anneal_steps, self.free_bits = beta, kl_anneal_steps, free_bits
+        self.input_dropout = input_dropout
         self.register_buffer("max_valence", torch.tensor(max_valence, dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training forwards, for KL annealing
         # encoder
@@ -118,6 +125,8 @@ class GraphVAE(nn.Module):
         self.in_atom = nn.Embedding(num_tokens + 1, hidden)  # + start token
         self.in_parent_bond = nn.Embedding(BOND_CLASSES, hidden)
         self.in_rings = nn.Embedding(4, hidden)  # ring-closure bonds of the previous atom: 0, 1, 2, 3+
+        # the GRU input of a dropped-out step (training only); absent without dropout (DDP: no unused parameter)
+        self.in_dropped = nn.Parameter(torch.zeros(hidden)) if input_dropout > 0 else None
         self.gru = nn.GRU(hidden + latent, hidden, batch_first=True)
         self.atom_head = nn.Linear(hidden, num_tokens + 1)  # + STOP
         self.q_emb = nn.Embedding(num_tokens, hidden)
@@ -194,13 +203,16 @@ class GraphVAE(nn.Module):
 
     # -- decoder (teacher forcing) -------------------------------------------------------------------
     def _step_input(self, prev_tok: torch.Tensor, parent_bond: torch.Tensor, rings: torch.Tensor,
-                    z: torch.Tensor) -> torch.Tensor:
+                    z: torch.Tensor, dropped: torch.Tensor | None = None) -> torch.Tensor:
         x = self.in_atom(prev_tok) + self.in_parent_bond(parent_bond) + self.in_rings(rings.clamp(max=3))
+        if dropped is not None and self.in_dropped is not None:  # Bowman et al. 2016 word dropout
+            x = torch.where(dropped.unsqueeze(-1), self.in_dropped.to(x.dtype).expand_as(x), x)
         return torch.cat([x, z if x.dim() == 2 else z[:, None, :].expand(-1, x.shape[1], -1)], -1)
 
     def reconstruction_loss(self, z: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
-                            bonds: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood per molecule [B] of its BFS-ordered atoms, parent bonds and ring bonds."""
+                            bonds: torch.Tensor, dropped: torch.Tensor | None = None) -> torch.Tensor:
+        """Negative log-likelihood per molecule [B] of its BFS-ordered atoms, parent bonds and ring bonds;
+        `dropped` [B, n+1] marks GRU steps whose teacher-forced input (the previous atom) is replaced."""
         b, n = tokens.shape
         dev = tokens.device
         count = mask.sum(1)
@@ -218,7 +230,7 @@ class GraphVAE(nn.Module):
         prev_pb = torch.cat([torch.zeros_like(start), parent_bond], 1)
         prev_rings = torch.cat([torch.zeros_like(start), rings], 1)
         h0 = torch.tanh(self.z_to_h(z)).unsqueeze(0)
-        hs, _ = self.gru(self._step_input(prev_tok, prev_pb, prev_rings, z), h0)  # [B, n+1, H]
+        hs, _ = self.gru(self._step_input(prev_tok, prev_pb, prev_rings, z, dropped), h0)  # [B, n+1, H]
         # atoms (STOP after the last)
         target = torch.where(mask, tokens, torch.full_like(tokens, -100))
         target = torch.cat([target, torch.full_like(start, -100)], 1)
@@ -252,20 +264,29 @@ class GraphVAE(nn.Module):
         return atom_nll + parent_nll + pb_nll + ring_nll
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        """Loss terms of a PyG batch: recon and kl per molecule (means), the annealed, free-bits KL term, beta."""
+        """Loss terms of a PyG batch: recon and kl per molecule (means), the annealed, free-bits training loss, and
+        `selection` = recon + beta_max * free-bits KL, the objective after the warm-up (no input dropout in eval
+        mode): the validation criterion, it does not move with the annealed beta, so validations at any step
+        compare."""
         tokens, mask, bonds = self.dense(batch)
         mu, logvar = self.encode(batch)
         step = int(self.steps)
+        dropped = None
         if self.training:
             self.steps += 1
+            if self.in_dropped is not None:
+                dropped = hashed_uniform(batch.idx, step, tokens.shape[1] + 1, DROPOUT_SALT) < self.input_dropout
+                dropped[:, 0] = False  # the start step carries no teacher-forced atom
         eps = hashed_normal(batch.idx, step if self.training else -1, self.latent).to(mu.dtype)
         z = mu + torch.exp(0.5 * logvar) * eps
-        recon = self.reconstruction_loss(z, tokens, mask, bonds)
+        recon = self.reconstruction_loss(z, tokens, mask, bonds, dropped)
         kl_dims = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)  # [B, latent]
         kl_term = kl_dims.clamp(min=self.free_bits).sum(-1)  # free bits per molecule and dimension
         beta = self.beta_max * min(1.0, step / max(self.kl_anneal_steps, 1))
-        return {"recon": recon.mean(), "kl": kl_dims.sum(-1).mean(), "kl_term": kl_term.mean(),
-                "beta": torch.tensor(beta), "loss": recon.mean() + beta * kl_term.mean()}
+        kl = kl_dims.sum(-1).mean()
+        return {"recon": recon.mean(), "kl": kl, "kl_term": kl_term.mean(), "beta": torch.tensor(beta),
+                "loss": recon.mean() + beta * kl_term.mean(),
+                "selection": recon.mean() + self.beta_max * kl_term.mean()}
 
     # -- decoder (generation) --------------------------------------------------------------------------
     @torch.no_grad()
