@@ -123,7 +123,8 @@ def test_planets_on_s3_kill_9_resume_and_a_corrupted_shard(data_root: Path, tmp_
     reference = train_losses(download(fs, f"{ref_dir}/planets", tmp_path / "reference"))
     assert sorted(reference) == list(range(1, 41))
 
-    # kill -9 once step 10 is checkpointed; the rerun takes over the dead lease and resumes.
+    # kill -9 once step 10 is checkpointed; the rerun (saving in the background) takes over the dead lease (same
+    # host, process gone) and resumes.
     run_dir = f"s3://{bucket}/runs"
     run = f"{run_dir}/planets"
     proc = subprocess.Popen(planets_args(data_root, run_dir, *REMOTE), stdout=subprocess.PIPE,
@@ -135,7 +136,7 @@ def test_planets_on_s3_kill_9_resume_and_a_corrupted_shard(data_root: Path, tmp_
         proc.communicate()
     resume_from = max(s for s in (10, 20, 30) if manifest_exists(fs, run, s))
     started = time.time()
-    rerun = run_cli(planets_args(data_root, run_dir, *REMOTE))
+    rerun = run_cli(planets_args(data_root, run_dir, *REMOTE, "checkpoint.async_save=true"))  # background writes
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     local = download(fs, run, tmp_path / "resumed")
     assert_resumed(local, rerun.stderr, resume_from, started, reference)
