@@ -28,6 +28,7 @@ from datajobs.store import MANIFEST, Store, code_version, sha256_bytes
 from trainer import components
 from trainer.components.base import Component, ComponentState, ReportSection, predict_table
 from trainer.config import RunConfig, dump_config, load_config
+from trainer.runfolder import RunFolder, is_url
 
 BUNDLE_FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -346,9 +347,23 @@ def _read_info(folder: Path) -> dict[str, Any] | None:
     return info
 
 
+def _download_bundle(remote: RunFolder) -> Path:
+    """The local working copy of a complete remote bundle (the folder itself, or a run folder's best/)."""
+    for rel in ("", BEST):
+        info = f"{rel}/{INFO}" if rel else INFO
+        if remote.is_file(info) and json.loads(remote.read_text(info)).get("complete"):
+            remote.fetch(rel)
+            return remote.scratch / rel if rel else remote.scratch
+    raise DataError(f"{remote} holds no complete model bundle ({INFO} or {BEST}/{INFO}); train with "
+                    f"`astrobio-train run -c CONFIG --set logging.run_dir=...` first")
+
+
 def load_bundle(path: str | Path, device: torch.device | str | None = None) -> Bundle:
     """A bundle folder, or a run folder (its best/ bundle; for a run still training, its newest weights with
-    the statistics rebuilt from the pinned dataset version)."""
+    the statistics rebuilt from the pinned dataset version). An s3:// bundle or run folder is downloaded first
+    (its bundle only: a run on S3 still training is not loaded)."""
+    if is_url(str(path)):
+        path = _download_bundle(RunFolder(str(path)))
     path = Path(path)
     device = torch.device(device) if device is not None else torch.device("cpu")
     for folder in (path, path / BEST):

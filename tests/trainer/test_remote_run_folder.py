@@ -50,6 +50,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_ceph_honours_conditional_puts_and_the_lease_uses_them(s3) -> None:
+    from trainer.doctor import BLOCKER, check_run_folder_free
     from trainer.lease import Lease, LeaseHeld, read_run_holder
     from trainer.runfolder import RunFolder
 
@@ -68,6 +69,8 @@ def test_ceph_honours_conditional_puts_and_the_lease_uses_them(s3) -> None:
             Lease(run, 60, "bbbbbbbbbbbb").acquire()
         first.refresh()
         assert not first.lost and read_run_holder(run).id == "aaaaaaaaaaaa"
+        (row,) = check_run_folder_free(run, 60)  # what the doctor init container reports
+        assert row.status == BLOCKER and "is held by a live run: pid" in row.detail, row
         # A taker that judges the holder stale (timeout shorter than its heartbeat's age) replaces it, once.
         time.sleep(0.2)
         taker = Lease(run, 0.1, "cccccccccccc")
@@ -155,5 +158,19 @@ def test_planets_on_s3_kill_9_resume_and_a_corrupted_shard(data_root: Path, tmp_
     assert sum("step-00000040 is damaged" in line for line in again.stderr.splitlines()) == 1, again.stderr[-3000:]
     assert "resumed from step 30 (" in again.stderr
     assert cli("checkpoints", "verify", run).returncode == 0
-    final = train_losses(download(fs, run, tmp_path / "again"))
-    assert final == reference
+    copy = download(fs, run, tmp_path / "again")
+    assert train_losses(copy) == reference
+
+    # predict reads the bundle straight from the bucket: the same predictions as from a local copy of it.
+    import pyarrow.csv as pcsv
+
+    from tests.trainer.bundle_helpers import held_out
+
+    pcsv.write_csv(held_out(copy)[2], tmp_path / "held_out.csv")
+    outputs = []
+    for model in (run, str(copy)):
+        out = tmp_path / f"out-{len(outputs)}.csv"
+        predicted = cli("predict", "-m", model, "--input", str(tmp_path / "held_out.csv"), "--output", str(out))
+        assert predicted.returncode == 0, predicted.stderr[-3000:]
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
