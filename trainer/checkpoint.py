@@ -249,6 +249,7 @@ class Checkpointer:
                 if not stale.startswith(self.tmp_prefix):
                     self.run.remove(f"{CHECKPOINTS}/{stale}")  # left by a holder killed while saving
             if self.run.remote:
+                self.run.fetch("best")  # the working copy of best/ as the bucket holds it (a rerun elsewhere)
                 for name in step_folders(self.run):
                     if not self.run.is_file(f"{CHECKPOINTS}/{name}/{MANIFEST}"):
                         log.warning("removing %s/%s: a write that did not finish (no %s)", self.root, name, MANIFEST)

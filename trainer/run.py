@@ -19,15 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def prepare_run_dir(cfg: RunConfig, is_main: bool) -> RunFolder:
-    """The run folder (a local folder or an fsspec URL); rank 0 writes the resolved config into it (atomically)
-    and, for an object store, refreshes the local working copy of best/ from it."""
+    """The run folder (a local folder or an fsspec URL); rank 0 writes the resolved config into it (atomically)."""
     run = RunFolder(f"{cfg.logging.run_dir.rstrip('/')}/{cfg.run_name}")
     if is_main:
         run.makedirs()
         run.write_text("config.yaml", dump_config(cfg))
-        if run.remote:
-            run.scratch.mkdir(parents=True, exist_ok=True)
-            run.fetch(bundle.BEST)
     return run
 
 
