@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from datajobs.store import MANIFEST, Store, code_version, sha256_bytes
 from trainer import components
 from trainer.components.base import Component, ComponentState, ReportSection, predict_table
 from trainer.config import RunConfig, dump_config, load_config
-from trainer.runfolder import RunFolder, is_url
+from trainer.runfolder import RunFolder, fsync_path, is_url
 
 BUNDLE_FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -43,28 +42,20 @@ TRAINER_STATE = "trainer_state.json"
 
 
 # -- files ------------------------------------------------------------------------------------------
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_text(path: Path, text: str) -> None:
     path.write_text(text)
-    _fsync(path)
+    fsync_path(path)
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
     """Swap a finished temp folder in for `final` (old one removed after the rename)."""
-    _fsync(tmp)
+    fsync_path(tmp)
     old = final.with_name(f".old-{final.name}")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
     tmp.rename(final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -73,7 +64,7 @@ def save_weights(weights: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(path))
-    _fsync(path)
+    fsync_path(path)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -218,7 +209,7 @@ class TrainingDomain:
         with open(path, "wb") as f:
             np.savez(f, points=self.points, distances=self.distances, columns=np.array(self.columns, dtype=str),
                      low=self.low, high=self.high, k=np.array(self.k), quantile=np.array(self.quantile))
-        _fsync(path)
+        fsync_path(path)
 
     @classmethod
     def load(cls, path: Path) -> TrainingDomain:
@@ -256,14 +247,14 @@ def write_bundle(folder: Path, *, weights: dict[str, torch.Tensor] | Path, compo
     tmp.mkdir(parents=True)
     if isinstance(weights, Path):
         shutil.copyfile(weights, tmp / WEIGHTS)
-        _fsync(tmp / WEIGHTS)
+        fsync_path(tmp / WEIGHTS)
     else:
         save_weights(weights, tmp / WEIGHTS)
     state = component.state()
     _write_text(tmp / STATE_JSON, json.dumps({"format": BUNDLE_FORMAT, "meta": state.meta}, indent=1) + "\n")
     with open(tmp / STATE_NPZ, "wb") as f:
         np.savez(f, **state.arrays)
-    _fsync(tmp / STATE_NPZ)
+    fsync_path(tmp / STATE_NPZ)
     _write_text(tmp / CONFIG, dump_config(cfg))
     domain = TrainingDomain.fit(component)
     if domain is not None:
@@ -286,7 +277,7 @@ def add_metrics(folder: Path, metrics: dict[str, float]) -> None:
     tmp = path.with_name(f".{INFO}.tmp")
     _write_text(tmp, json.dumps(info, indent=2) + "\n")
     tmp.replace(path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 # -- reading ----------------------------------------------------------------------------------------
