@@ -58,6 +58,17 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def ceph(tmp_path_factory: pytest.TempPathFactory):
+    """A real Ceph RGW S3 server on 127.0.0.1 for the session (skips on a laptop without it, fails under CI)."""
+    from tests.datajobs import s3server
+
+    radosgw = require_tool("radosgw")
+    server = s3server.start(tmp_path_factory.mktemp("ceph"), os.path.dirname(radosgw))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A storage root holding exoplanet-catalogue published by the real data job from the bundled snapshot."""
     root = tmp_path_factory.mktemp("data")

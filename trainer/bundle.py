@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from datajobs.store import MANIFEST, Store, code_version, sha256_bytes
 from trainer import components
 from trainer.components.base import Component, ComponentState, ReportSection, predict_table
 from trainer.config import RunConfig, dump_config, load_config
+from trainer.runfolder import RunFolder, fsync_path, is_url
 
 BUNDLE_FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -42,28 +42,20 @@ TRAINER_STATE = "trainer_state.json"
 
 
 # -- files ------------------------------------------------------------------------------------------
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_text(path: Path, text: str) -> None:
     path.write_text(text)
-    _fsync(path)
+    fsync_path(path)
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
     """Swap a finished temp folder in for `final` (old one removed after the rename)."""
-    _fsync(tmp)
+    fsync_path(tmp)
     old = final.with_name(f".old-{final.name}")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
     tmp.rename(final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -72,7 +64,7 @@ def save_weights(weights: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(path))
-    _fsync(path)
+    fsync_path(path)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -217,7 +209,7 @@ class TrainingDomain:
         with open(path, "wb") as f:
             np.savez(f, points=self.points, distances=self.distances, columns=np.array(self.columns, dtype=str),
                      low=self.low, high=self.high, k=np.array(self.k), quantile=np.array(self.quantile))
-        _fsync(path)
+        fsync_path(path)
 
     @classmethod
     def load(cls, path: Path) -> TrainingDomain:
@@ -255,14 +247,14 @@ def write_bundle(folder: Path, *, weights: dict[str, torch.Tensor] | Path, compo
     tmp.mkdir(parents=True)
     if isinstance(weights, Path):
         shutil.copyfile(weights, tmp / WEIGHTS)
-        _fsync(tmp / WEIGHTS)
+        fsync_path(tmp / WEIGHTS)
     else:
         save_weights(weights, tmp / WEIGHTS)
     state = component.state()
     _write_text(tmp / STATE_JSON, json.dumps({"format": BUNDLE_FORMAT, "meta": state.meta}, indent=1) + "\n")
     with open(tmp / STATE_NPZ, "wb") as f:
         np.savez(f, **state.arrays)
-    _fsync(tmp / STATE_NPZ)
+    fsync_path(tmp / STATE_NPZ)
     _write_text(tmp / CONFIG, dump_config(cfg))
     domain = TrainingDomain.fit(component)
     if domain is not None:
@@ -285,7 +277,7 @@ def add_metrics(folder: Path, metrics: dict[str, float]) -> None:
     tmp = path.with_name(f".{INFO}.tmp")
     _write_text(tmp, json.dumps(info, indent=2) + "\n")
     tmp.replace(path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -346,9 +338,23 @@ def _read_info(folder: Path) -> dict[str, Any] | None:
     return info
 
 
+def _download_bundle(remote: RunFolder) -> Path:
+    """The local working copy of a complete remote bundle (the folder itself, or a run folder's best/)."""
+    for rel in ("", BEST):
+        info = f"{rel}/{INFO}" if rel else INFO
+        if remote.is_file(info) and json.loads(remote.read_text(info)).get("complete"):
+            remote.fetch(rel)
+            return remote.scratch / rel if rel else remote.scratch
+    raise DataError(f"{remote} holds no complete model bundle ({INFO} or {BEST}/{INFO}); train with "
+                    f"`astrobio-train run -c CONFIG --set logging.run_dir=...` first")
+
+
 def load_bundle(path: str | Path, device: torch.device | str | None = None) -> Bundle:
     """A bundle folder, or a run folder (its best/ bundle; for a run still training, its newest weights with
-    the statistics rebuilt from the pinned dataset version)."""
+    the statistics rebuilt from the pinned dataset version). An s3:// bundle or run folder is downloaded first
+    (its bundle only: a run on S3 still training is not loaded)."""
+    if is_url(str(path)):
+        path = _download_bundle(RunFolder(str(path)))
     path = Path(path)
     device = torch.device(device) if device is not None else torch.device("cpu")
     for folder in (path, path / BEST):

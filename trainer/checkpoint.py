@@ -17,10 +17,9 @@ Our payloads load without unpickling objects: DCP entries with weights_only=True
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import logging
-import os
 import random
 import shutil
 import time
@@ -40,6 +39,7 @@ from datajobs.errors import DataError
 from trainer.distributed import DistEnv, any_rank, barrier, sum_over_ranks
 from trainer.engine import Engine, full_state_dict
 from trainer.engine import WeightsOnlyLoadPlanner as WeightsOnlyLoadPlanner  # where trainer.lora imports it
+from trainer.runfolder import RunFolder, fsync_path, fsync_tree
 
 log = logging.getLogger("astrobio.train")
 
@@ -47,6 +47,7 @@ STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 STATE_FILE = "trainer_state.json"
 MANIFEST = "manifest.json"
+CHECKPOINTS = "checkpoints"
 
 
 def _write_errors() -> tuple[type[BaseException], ...]:
@@ -83,7 +84,7 @@ class SaveOutcome:
     """What one checkpoint save came to, the same on every rank: its folder, or why it failed."""
 
     step: int
-    path: Path
+    path: str  # the step folder: a local path or a URL
     write_seconds: float  # from the start of the save until the folder was renamed into place (or failed)
     problem: str | None = None
 
@@ -93,8 +94,8 @@ class _InFlight:
     """A save whose shards are being written in the background; `publishing` resolves to (seconds, problem)."""
 
     step: int
-    tmp: Path
-    final: Path
+    tmp: str  # names in the run folder
+    final: str
     publishing: Future
 
 
@@ -159,80 +160,72 @@ def step_dir_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:08d}"
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+def step_of(name: str) -> int:
+    return int(name[len(STEP_PREFIX):])
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def write_manifest(run: RunFolder, folder: str, step: int) -> None:
+    """Size and sha256 of every other file of the folder (read back and hashed), written atomically after all of
+    them (local: temp + fsync + rename; object store: one PUT)."""
+    files = {name: {"size": size, "sha256": run.sha256(f"{folder}/{name}")}
+             for name, size in sorted(run.files(folder).items()) if name != MANIFEST}
+    run.write_text(f"{folder}/{MANIFEST}", json.dumps({"step": step, "files": files}, indent=1) + "\n")
 
 
-def fsync_tree(folder: Path) -> None:
-    """fsync every file, then every folder (deepest first), so names and contents survive a power loss."""
-    for path in _files(folder):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    for d in [*sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), folder]:
-        fsync_dir(d)
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def read_manifest(run: RunFolder, folder: str) -> dict[str, Any] | None:
+    """The manifest of a checkpoint folder; None when it has none (an incomplete write)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_manifest(folder: Path, step: int) -> None:
-    """Size and sha256 of every file of the folder, written (atomically, fsynced) after all of them."""
-    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(folder)}
-    tmp = folder / f".{MANIFEST}.tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps({"step": step, "files": files}, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.rename(folder / MANIFEST)
-    fsync_dir(folder)
-
-
-def verify(folder: Path) -> str | None:
-    """None when every file of the manifest is there with its size and sha256, else what is wrong (one phrase)."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        files = manifest["files"]
+        return json.loads(run.read_text(f"{folder}/{MANIFEST}"))
     except FileNotFoundError:
-        return f"no {MANIFEST} (the write did not finish or the manifest was deleted)"
+        return None
+
+
+def verify(run: RunFolder, folder: str) -> str | None:
+    """None when every file of the manifest is there with its size and sha256 (each read back and hashed), else
+    what is wrong (one phrase)."""
+    try:
+        manifest = read_manifest(run, folder)
+        if manifest is None:
+            return f"no {MANIFEST} (the write did not finish or the manifest was deleted)"
+        files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{MANIFEST} is unreadable ({exc})"
     if STATE_FILE not in files:
         return f"{MANIFEST} does not list {STATE_FILE}"
     for name, entry in files.items():
-        path = folder / name
+        path = f"{folder}/{name}"
         try:
-            size = path.stat().st_size
+            size = run.size(path)
         except OSError:
             return f"{name} is missing"
         if size != entry["size"]:
             return f"{name} has {size} bytes, the manifest says {entry['size']}"
-        if _sha256(path) != entry["sha256"]:
+        if run.sha256(path) != entry["sha256"]:
             return f"{name} does not match its sha256 in {MANIFEST}"
     return None
 
 
-class Checkpointer:
-    """Saves and restores training state under `<run>/checkpoints`, and best weights under `<run>/best`."""
+def step_folders(run: RunFolder) -> list[str]:
+    """The names of the step folders under `checkpoints/`, oldest first (with or without a manifest)."""
+    return sorted(run.folders(CHECKPOINTS, STEP_PREFIX), key=step_of)
 
-    def __init__(self, run_dir: Path, env: DistEnv, keep_last: int, holder: str, async_save: bool = False) -> None:
+
+class Checkpointer:
+    """Saves and restores training state under `<run>/checkpoints`, and best weights under `<run>/best`.
+
+    On a local disk a step folder is written under a temp name and renamed into place. On an object store (no
+    rename) DCP's fsspec writer writes `step-N/` directly and the manifest, written last, is what makes it
+    complete: a `step-N/` without one is an incomplete write, ignored by resume and removed when the lease
+    holder starts."""
+
+    def __init__(self, run_dir: Path | str | RunFolder, env: DistEnv, keep_last: int, holder: str,
+                 async_save: bool = False) -> None:
         """`holder` is the id of the run folder's lease (trainer.lease): it names this run's temp folders, and
         temp folders of any other holder (dead, since this run holds the lease) are removed. `async_save` lets
         `save(..., background=True)` write in the background (collective: every rank passes the same)."""
-        self.root = run_dir / "checkpoints"
-        self.best_dir = run_dir / "best"
+        self.run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+        self.root = self.run.url(CHECKPOINTS)
+        self.best_dir = self.run.scratch / "best"  # remote: the working copy, published after each write
         self.env = env
         self.keep_last = keep_last
         self.tmp_prefix = f"{TMP_PREFIX}{holder}-"
@@ -251,26 +244,35 @@ class Checkpointer:
             if dist.is_initialized():
                 self._group = dist.new_group(backend="gloo")  # the background write's own collectives
         if env.is_main:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(f"{TMP_PREFIX}*"):
-                if not stale.name.startswith(self.tmp_prefix):
-                    shutil.rmtree(stale, ignore_errors=True)  # left by a holder killed while saving
+            self.run.makedirs(CHECKPOINTS)
+            for stale in self.run.folders(CHECKPOINTS, TMP_PREFIX):
+                if not stale.startswith(self.tmp_prefix):
+                    self.run.remove(f"{CHECKPOINTS}/{stale}")  # left by a holder killed while saving
+            if self.run.remote:
+                self.run.fetch("best")  # the working copy of best/ as the bucket holds it (a rerun elsewhere)
+                for name in step_folders(self.run):
+                    if not self.run.is_file(f"{CHECKPOINTS}/{name}/{MANIFEST}"):
+                        log.warning("removing %s/%s: a write that did not finish (no %s)", self.root, name, MANIFEST)
+                        self.run.remove(f"{CHECKPOINTS}/{name}")
         barrier(env)
 
-    def folders(self) -> list[Path]:
-        """Every step folder (renamed from its temp name once written), oldest first."""
-        found = [p for p in self.root.glob(f"{STEP_PREFIX}*") if p.is_dir()]
-        return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+    def _rel(self, name: str) -> str:
+        return f"{CHECKPOINTS}/{name}"
 
-    def complete(self) -> list[Path]:
+    def folders(self) -> list[str]:
+        """Every step folder (locations: a path or URL), oldest first."""
+        return [self.run.url(self._rel(name)) for name in step_folders(self.run)]
+
+    def complete(self) -> list[str]:
         """Checkpoints with a manifest (not hashed here), oldest first."""
-        return [p for p in self.folders() if (p / MANIFEST).is_file()]
+        return [self.run.url(self._rel(n)) for n in step_folders(self.run)
+                if self.run.is_file(f"{self._rel(n)}/{MANIFEST}")]
 
-    def latest(self) -> Path | None:
+    def latest(self) -> str | None:
         done = self.complete()
         return done[-1] if done else None
 
-    def resume_point(self) -> Path | None:
+    def resume_point(self) -> str | None:
         """The newest checkpoint that verifies (rank 0 hashes, every rank gets the answer); None: start fresh.
 
         Each newer checkpoint that fails verification is named in one warning; when there are checkpoints
@@ -278,21 +280,22 @@ class Checkpointer:
         """
         step = -1.0
         if self.env.is_main:
-            folders = self.folders()
-            for path in reversed(folders):
-                problem = verify(path)
+            names = step_folders(self.run)
+            for name in reversed(names):
+                problem = verify(self.run, self._rel(name))
                 if problem is None:
-                    step = float(int(path.name[len(STEP_PREFIX):]))
+                    step = float(step_of(name))
                     break
-                log.warning("checkpoint %s is damaged (%s); trying the one before", path, problem)
+                log.warning("checkpoint %s is damaged (%s); trying the one before", self.run.url(self._rel(name)),
+                            problem)
             else:
-                step = -2.0 if folders else -1.0
+                step = -2.0 if names else -1.0
         (step,) = sum_over_ranks([step if self.env.is_main else 0.0], self.env)
         if step == -2:
             raise DataError(f"no checkpoint in {self.root} verifies against its manifest; run `astrobio-train "
-                            f"checkpoints verify {self.root.parent}` to see why, or start a new run "
+                            f"checkpoints verify {self.run}` to see why, or start a new run "
                             f"(logging.run_name)")
-        return None if step < 0 else self.root / step_dir_name(int(step))
+        return None if step < 0 else self.run.url(self._rel(step_dir_name(int(step))))
 
     @property
     def in_flight(self) -> bool:
@@ -303,27 +306,29 @@ class Checkpointer:
 
         `background` (with async_save, for an engine that saves in the background): return once the state is
         copied to CPU memory; `wait()` gives the outcome. A write error on any rank fails the save on every rank
-        (the ranks agree after each phase, so none is left waiting in a collective) and removes the temp folder.
+        (the ranks agree after each phase, so none is left waiting in a collective) and removes the temp folder
+        (on an object store: the step folder, which has no manifest yet).
         """
         if self._in_flight is not None:
             raise RuntimeError("a checkpoint is still being written: wait() for it first")
         started = time.perf_counter()
-        final = self.root / step_dir_name(state.step)
-        tmp = self.root / f"{self.tmp_prefix}{final.name}"
+        final = self._rel(step_dir_name(state.step))
+        tmp = final if self.run.remote else self._rel(f"{self.tmp_prefix}{step_dir_name(state.step)}")
         try:
             self._phase(lambda: self._make_tmp(tmp))
             self._phase(lambda: self._write_small_files(tmp, state))
             if background and self.async_save and engine.saves_in_background:
-                writing = engine.save_in_background(tmp, self.env.is_distributed, self._group, self._stager)
+                writing = engine.save_in_background(self.run.url(tmp), self.env.is_distributed, self._group,
+                                                    self._stager)
                 publishing = self._publisher.submit(self._publish_after, writing, tmp, final, state.step, started)
                 self._in_flight = _InFlight(state.step, tmp, final, publishing)
                 return None
-            self._phase(lambda: engine.save(tmp, self.env.is_distributed))
+            self._phase(lambda: engine.save(self.run.url(tmp), self.env.is_distributed))
             self._phase(lambda: self._publish(tmp, final, state.step))
         except CheckpointWriteError as exc:
             self._discard(tmp)
-            return SaveOutcome(state.step, final, time.perf_counter() - started, str(exc))
-        return SaveOutcome(state.step, final, time.perf_counter() - started)
+            return SaveOutcome(state.step, self.run.url(final), time.perf_counter() - started, str(exc))
+        return SaveOutcome(state.step, self.run.url(final), time.perf_counter() - started)
 
     def wait(self) -> SaveOutcome | None:
         """Block until the save in flight (if any) is written and published; its outcome, agreed by every rank
@@ -333,10 +338,11 @@ class Checkpointer:
         flight, self._in_flight = self._in_flight, None
         seconds, problem = flight.publishing.result()
         (failed,) = any_rank([bool(problem)], self.env)
+        final = self.run.url(flight.final)
         if not failed:
-            return SaveOutcome(flight.step, flight.final, seconds)
+            return SaveOutcome(flight.step, final, seconds)
         self._discard(flight.tmp)
-        return SaveOutcome(flight.step, flight.final, seconds, problem or "the write failed on another rank")
+        return SaveOutcome(flight.step, final, seconds, problem or "the write failed on another rank")
 
     def close(self) -> SaveOutcome | None:
         """Let the save in flight finish without any collective (the run is ending, maybe on an error); its
@@ -347,7 +353,7 @@ class Checkpointer:
             seconds, problem = flight.publishing.result()
             if problem:
                 self._discard(flight.tmp)
-            outcome = SaveOutcome(flight.step, flight.final, seconds, problem or None)
+            outcome = SaveOutcome(flight.step, self.run.url(flight.final), seconds, problem or None)
         if self._publisher is not None:
             self._publisher.shutdown()
         if self._stager is not None:
@@ -364,22 +370,28 @@ class Checkpointer:
         if failed:
             raise CheckpointWriteError(problem or "the write failed on another rank")
 
-    def _make_tmp(self, tmp: Path) -> None:
+    def _make_tmp(self, tmp: str) -> None:
+        """Rank 0: an empty folder to write into (remote: the step folder, without the damaged checkpoint of this
+        step that resume skipped; its manifest goes first, so a kill midway leaves an incomplete write)."""
         if self.env.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            if self.run.remote:
+                self.run.remove(f"{tmp}/{MANIFEST}")
+            self.run.remove(tmp)
+            self.run.makedirs(tmp)
 
-    def _discard(self, tmp: Path) -> None:
+    def _discard(self, tmp: str) -> None:
         if self.env.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            self.run.remove(tmp)
 
-    def _write_small_files(self, tmp: Path, state: TrainerState) -> None:
+    def _write_small_files(self, tmp: str, state: TrainerState) -> None:
         """This rank's RNG state and (rank 0) the trainer state, as they are at the step being saved."""
-        np.savez(tmp / f"rng-rank{self.env.rank}.npz", **_rng_state())
+        buffer = io.BytesIO()
+        np.savez(buffer, **_rng_state())
+        self.run.write_bytes(f"{tmp}/rng-rank{self.env.rank}.npz", buffer.getvalue())
         if self.env.is_main:
-            (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+            self.run.write_text(f"{tmp}/{STATE_FILE}", json.dumps(asdict(state), indent=2) + "\n")
 
-    def _publish_after(self, writing: Future, tmp: Path, final: Path, step: int,
+    def _publish_after(self, writing: Future, tmp: str, final: str, step: int,
                        started: float) -> tuple[float, str]:
         """The publishing thread: wait for DCP's background write (done on every rank once it returns), then
         publish; (seconds since the save started, the problem or '')."""
@@ -390,22 +402,31 @@ class Checkpointer:
             return time.perf_counter() - started, describe_write_error(exc)
         return time.perf_counter() - started, ""
 
-    def _publish(self, tmp: Path, final: Path, step: int) -> None:
-        """Rank 0, once every rank's files are written: fsync, manifest, rename into place, drop the oldest."""
+    def _publish(self, tmp: str, final: str, step: int) -> None:
+        """Rank 0, once every rank's files are written: (local) fsync, manifest, rename into place; (object store)
+        manifest last; then drop the oldest."""
         if not self.env.is_main:
             return
-        fsync_tree(tmp)
-        write_manifest(tmp, step)
-        if final.exists():  # a damaged checkpoint of this step that resume skipped
-            shutil.rmtree(final)
-        tmp.rename(final)
-        fsync_dir(self.root)
-        for old in self.folders()[: -self.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        if self.run.remote:
+            write_manifest(self.run, final, step)
+        else:
+            local_tmp, local_final = Path(self.run.url(tmp)), Path(self.run.url(final))
+            fsync_tree(local_tmp)
+            write_manifest(self.run, tmp, step)
+            if local_final.exists():  # a damaged checkpoint of this step that resume skipped
+                shutil.rmtree(local_final)
+            local_tmp.rename(local_final)
+            fsync_path(local_final.parent)
+        for old in step_folders(self.run)[: -self.keep_last]:
+            if self.run.remote:
+                self.run.remove(f"{self._rel(old)}/{MANIFEST}")  # first: a kill midway leaves an incomplete write
+            self.run.remove(self._rel(old))
 
-    def load(self, path: Path, engine: Engine) -> TrainerState:
-        """Restore model, optimizer and this rank's RNG from a complete checkpoint."""
-        state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
+    def load(self, path: str, engine: Engine) -> TrainerState:
+        """Restore model, optimizer and this rank's RNG from a complete checkpoint (a location from
+        resume_point())."""
+        folder = RunFolder(path)
+        state = TrainerState(**json.loads(folder.read_text(STATE_FILE)))
         if state.world_size != self.env.world_size:
             raise DataError(
                 f"{path} was written with {state.world_size} data-parallel ranks, this run has "
@@ -413,16 +434,17 @@ class Checkpointer:
                 f"{state.world_size} ranks or start a new run (logging.run_name)"
             )
         engine.load(path, self.env.is_distributed)
-        rng_file = path / f"rng-rank{self.env.rank}.npz"
-        if rng_file.is_file():
-            with np.load(rng_file, allow_pickle=False) as arrays:
+        rng_file = f"rng-rank{self.env.rank}.npz"
+        if folder.is_file(rng_file):
+            with np.load(io.BytesIO(folder.read_bytes(rng_file)), allow_pickle=False) as arrays:
                 _set_rng_state(dict(arrays))
         return state
 
     def save_best(self, model: nn.Module, step: int, metric_name: str, metric: float) -> None:
-        """Full (gathered) weights into `best/` (the bundle's weights part), written atomically by rank 0;
-        the run completes the bundle (component state, config, lineage, domain) when it ends."""
-        from trainer.bundle import write_weights_only
+        """Full (gathered) weights into `best/` (the bundle's weights part), written atomically by rank 0 (on an
+        object store: written locally, then uploaded with bundle.json last); the run completes the bundle
+        (component state, config, lineage, domain) when it ends."""
+        from trainer.bundle import INFO, write_weights_only
 
         weights = full_state_dict(model)
         failure: BaseException | None = None
@@ -430,6 +452,7 @@ class Checkpointer:
             try:
                 write_weights_only(self.best_dir, unique_storage(weights),
                                    {"step": step, "metric": metric_name, "value": metric})
+                self.run.publish("best", last=INFO)
             except WRITE_ERRORS as exc:
                 failure = exc
         barrier(self.env)  # every rank passes it, also when rank 0's write failed

@@ -1,48 +1,53 @@
-"""`astrobio-train checkpoints list|verify RUN`: the checkpoints of a run folder and whether they verify."""
+"""`astrobio-train checkpoints list|verify RUN`: the checkpoints of a run folder (local or s3://) and whether they
+verify."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from datajobs.errors import DataError
-from trainer.checkpoint import MANIFEST, STEP_PREFIX, verify
+from trainer.checkpoint import CHECKPOINTS, MANIFEST, read_manifest, step_folders, verify
+from trainer.runfolder import RunFolder
 
 
-def _folders(run: Path) -> list[Path]:
-    root = run / "checkpoints"
-    if not root.is_dir():
+def _folders(run: RunFolder) -> list[str]:
+    if not run.exists(CHECKPOINTS):
         raise DataError(f"{run} has no checkpoints/ folder; pass a run folder (<logging.run_dir>/<run_name>)")
-    found = [p for p in root.glob(f"{STEP_PREFIX}*") if p.is_dir()]
-    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+    return step_folders(run)
 
 
-def _size(folder: Path) -> int:
+def _size(run: RunFolder, folder: str) -> int:
     try:
-        return sum(entry["size"] for entry in json.loads((folder / MANIFEST).read_text())["files"].values())
+        manifest = read_manifest(run, folder)
+        if manifest is not None:
+            return sum(entry["size"] for entry in manifest["files"].values())
     except (OSError, ValueError, KeyError, TypeError):
-        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        pass
+    return sum(run.files(folder).values())
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """One line per checkpoint: name, bytes, whether it has a manifest (not hashed: use verify)."""
-    for folder in _folders(Path(args.run)):
-        state = "manifest" if (folder / MANIFEST).is_file() else "no manifest"
-        print(f"{folder.name}  {_size(folder):>12d} bytes  {state}")
+    run = RunFolder(args.run)
+    for name in _folders(run):
+        folder = f"{CHECKPOINTS}/{name}"
+        state = "manifest" if run.is_file(f"{folder}/{MANIFEST}") else "no manifest"
+        print(f"{name}  {_size(run, folder):>12d} bytes  {state}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Hash every checkpoint against its manifest; exit 2 when any fails (resume would skip it)."""
-    folders = _folders(Path(args.run))
+    """Hash every checkpoint against its manifest (read back from storage); exit 2 when any fails (resume would
+    skip it)."""
+    run = RunFolder(args.run)
+    names = _folders(run)
     bad = 0
-    for folder in folders:
-        problem = verify(folder)
+    for name in names:
+        problem = verify(run, f"{CHECKPOINTS}/{name}")
         bad += problem is not None
-        print(f"{folder.name}  {'ok' if problem is None else 'DAMAGED: ' + problem}")
+        print(f"{name}  {'ok' if problem is None else 'DAMAGED: ' + problem}")
     if bad:
-        raise DataError(f"{bad} of {len(folders)} checkpoints in {Path(args.run) / 'checkpoints'} do not verify; "
+        raise DataError(f"{bad} of {len(names)} checkpoints in {run.url(CHECKPOINTS)} do not verify; "
                         f"resume uses the newest one that does")
     return 0
 
@@ -53,5 +58,5 @@ def add_checkpoints_parser(sub: argparse._SubParsersAction) -> None:
     for name, func, text in (("list", cmd_list, "one line per checkpoint (name, bytes, manifest present)"),
                              ("verify", cmd_verify, "hash every file against the manifest; exit 2 if any fails")):
         q = actions.add_parser(name, help=text)
-        q.add_argument("run", metavar="RUN", help="run folder, <logging.run_dir>/<run_name>")
+        q.add_argument("run", metavar="RUN", help="run folder, <logging.run_dir>/<run_name> (a path or s3:// URL)")
         q.set_defaults(func=func)

@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result, report = train(cfg)
     if report is not None:
         print(f"report: {report}")
-        print(f"model bundle: {result.run_dir / 'best'} (astrobio-train predict -m {result.run_dir} --input FILE)")
+        print(f"model bundle: {result.run_dir}/best (astrobio-train predict -m {result.run_dir} --input FILE)")
     return 0
 
 

@@ -87,7 +87,8 @@ class CheckpointConfig(Section):
 
 
 class LoggingConfig(Section):
-    run_dir: str = Field("./runs", description="local folder holding one folder per run")
+    run_dir: str = Field("./runs", description="folder holding one folder per run: a local path or an fsspec "
+                         "URL (s3://bucket/prefix; credentials from AWS_* in the environment)")
     run_name: str | None = Field(None, description="default: the component name; same name = resume")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port (+ local rank); 0/none off")
     metrics_linger_seconds: float = Field(0, ge=0, description="keep /metrics up this long after the run")
@@ -97,10 +98,13 @@ class LoggingConfig(Section):
     wandb_project: str = Field("astrobio-train", description="W&B project name")
 
     @model_validator(mode="after")
-    def _check_local_run_dir(self) -> LoggingConfig:
-        if "://" in self.run_dir:
-            raise ValueError(f"logging.run_dir {self.run_dir!r}: run folders on object storage are not supported yet; "
-                             f"use a local folder or a PVC mount (datasets may live on s3:// via data.root)")
+    def _check_remote_run_dir(self) -> LoggingConfig:
+        if "://" in self.run_dir and not self.run_dir.startswith("s3://"):
+            raise ValueError(f"logging.run_dir {self.run_dir!r}: a run folder is a local path or an s3:// URL (the "
+                             f"lease needs S3's conditional writes)")
+        if self.run_dir.startswith("s3://") and self.tensorboard:
+            raise ValueError("logging.tensorboard writes event files by appending, which an s3:// run_dir cannot "
+                             "take; turn it off or use a local run_dir")
         return self
 
 
@@ -132,6 +136,9 @@ class RunConfig(Section):
         from trainer.parallelize import ParallelSpec, check_spec
 
         check_spec(ParallelSpec.from_config(self))
+        if self.distributed.strategy == "deepspeed" and "://" in self.logging.run_dir:
+            raise ValueError(f"logging.run_dir {self.logging.run_dir!r}: DeepSpeed writes its checkpoints to a local "
+                             f"folder; use a local run_dir (a PVC) with distributed.strategy=deepspeed")
         if self.data.val_fraction + self.data.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be below 1")
         return self

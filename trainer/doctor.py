@@ -152,32 +152,38 @@ def check_storage(cfg: Any) -> tuple[list[Row], Any]:
 
 def check_run_dir(cfg: Any) -> list[Row]:
     """The run root is writable (the trainer writes checkpoints there) and the run folder is not held."""
-    root = Path(cfg.logging.run_dir)
-    probe = root / f".astrobio-doctor-{uuid.uuid4().hex}"
+    from trainer.runfolder import RunFolder
+
+    root = RunFolder(cfg.logging.run_dir)
+    probe = f".astrobio-doctor-{uuid.uuid4().hex}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"doctor")
-        probe.unlink()
+        root.makedirs()
+        root.write_bytes(probe, b"doctor")
+        root.remove(probe)
     except OSError as exc:
         return [Row(BLOCKER, "run folder", f"{root} is not writable ({exc.strerror or exc})",
-                    "fix its permissions (the PVC's fsGroup) or set logging.run_dir")]
-    return check_run_folder_free(root / cfg.run_name, cfg.checkpoint.lease_timeout_seconds)
+                    "fix its permissions (the PVC's fsGroup, or the bucket's policy and AWS_* credentials) or set "
+                    "logging.run_dir")]
+    return check_run_folder_free(root.sub(cfg.run_name), cfg.checkpoint.lease_timeout_seconds)
 
 
-def check_run_folder_free(run: Path, lease_timeout: float) -> list[Row]:
+def check_run_folder_free(run: Path | Any, lease_timeout: float) -> list[Row]:
     """Whether another run holds the run folder's lease (trainer/lease.py): a live holder is a blocker, a dead
-    one (heartbeat too old, or its process gone on this host) a warning that the run takes the lease over."""
-    from trainer.lease import LEASE_FILE, read_holder, stale_reason
+    one (heartbeat too old, or its process gone on this host) a warning that the run takes the lease over.
+    `run` is a local path or a RunFolder."""
+    from trainer.checkpoint import CHECKPOINTS, MANIFEST, step_folders, step_of
+    from trainer.lease import LEASE_FILE, read_run_holder, stale_reason
+    from trainer.runfolder import RunFolder
 
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
     if not run.exists():
         return [Row(OK, "run folder", f"{run} is new")]
-    steps = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*")
-                   if (p / "trainer_state.json").is_file() and p.name.split("-")[1].isdigit())
+    steps = [step_of(n) for n in step_folders(run) if run.is_file(f"{CHECKPOINTS}/{n}/{MANIFEST}")]
     resume = f"resumes from step {steps[-1]}" if steps else "no complete checkpoint"
-    lease = run / LEASE_FILE
-    if not lease.exists():
+    lease = run.url(LEASE_FILE)
+    if not run.is_file(LEASE_FILE):
         return [Row(OK, "run folder", f"{run} exists ({resume}), no lease: free")]
-    holder = read_holder(lease)
+    holder = read_run_holder(run)
     if holder is None:
         return [Row(BLOCKER, "run folder", f"{lease} names no holder (unreadable or incomplete): the run would "
                     "refuse the folder", f"remove {lease} if no run uses {run}, or set logging.run_name")]

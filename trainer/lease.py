@@ -7,6 +7,12 @@ heartbeat is older than the timeout is dead (kill -9, lost node), and so is a ho
 whose process no longer exists (or is a zombie): the next run renames its lease aside (only
 one taker can), checks that it moved the lease it judged stale, and links its own. A holder that finds the
 lease no longer names it has lost it and must stop without writing.
+
+On an object store (an `s3://` run folder: no link, no rename) the same protocol runs on conditional PUTs: the
+lease object is created with `If-None-Match: *` (only if absent), each heartbeat replaces it with `If-Match` on
+the ETag this holder last wrote, and a taker replaces a dead holder's lease with `If-Match` on the ETag it read
+and judged stale, so of several takers only one succeeds. A heartbeat whose condition fails means another run
+replaced the lease: this one has lost it. Ceph RGW 16.2 and AWS S3 honour both conditions (tests/trainer).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from datajobs.errors import DataError
+from trainer.runfolder import RunFolder
 
 log = logging.getLogger("astrobio.train")
 
@@ -72,12 +79,28 @@ def process_gone(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
+def parse_holder(data: bytes) -> Holder | None:
+    """The holder of a lease record; None when it is not (yet) a complete record."""
+    try:
+        return Holder(**json.loads(data))
+    except (ValueError, TypeError):
+        return None
+
+
 def read_holder(path: Path) -> Holder | None:
     """The holder named in a lease file; None when it is absent or not (yet) a complete record."""
     try:
-        return Holder(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+        return parse_holder(path.read_bytes())
+    except OSError:
         return None
+
+
+def read_run_holder(run: RunFolder) -> Holder | None:
+    """The holder named in a run folder's lease (local or remote); None when there is none."""
+    if not run.remote:
+        return read_holder(run.local / LEASE_FILE)
+    version = run.read_version(LEASE_FILE)
+    return None if version is None else parse_holder(version.data)
 
 
 def this_process() -> tuple[str, str, int]:
@@ -99,8 +122,10 @@ def stale_reason(holder: Holder, timeout_seconds: float, now: float | None = Non
 class Lease:
     """Held by rank 0 for the whole run: acquire(), then release() (also when the run fails)."""
 
-    def __init__(self, run_dir: Path, timeout_seconds: float, holder_id: str) -> None:
-        self.path = run_dir / LEASE_FILE
+    def __init__(self, run_dir: Path | RunFolder, timeout_seconds: float, holder_id: str) -> None:
+        self.run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+        self.path = Path(self.run.url(LEASE_FILE)) if not self.run.remote else None
+        self.token = ""  # the ETag of the record this holder last wrote (object stores)
         self.timeout = timeout_seconds
         now = time.time()
         host, pod, pid = this_process()
@@ -109,11 +134,15 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _temp(self) -> Path:
+    def _record(self) -> bytes:
         self.holder = Holder(**{**asdict(self.holder), "heartbeat": time.time()})
+        return (json.dumps(asdict(self.holder)) + "\n").encode()
+
+    def _temp(self) -> Path:
+        record = self._record()
         tmp = self.path.with_name(f"{LEASE_FILE}.{self.holder.id}.tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(asdict(self.holder)) + "\n")
+        with open(tmp, "wb") as f:
+            f.write(record)
             f.flush()
             os.fsync(f.fileno())
         return tmp
@@ -130,12 +159,16 @@ class Lease:
 
     def _held_by(self, other: Holder | None) -> LeaseHeld:
         who = other.describe() if other else "a run whose lease file is being written"
-        return LeaseHeld(f"{self.path.parent} is in use by {who}; wait for it to end or use another "
+        return LeaseHeld(f"{self.run} is in use by {who}; wait for it to end or use another "
                          f"logging.run_name (a lease whose heartbeat is older than "
                          f"checkpoint.lease_timeout_seconds={self.timeout:g} is taken over)")
 
     def acquire(self) -> None:
         """Take the lease, or take over a dead holder's; LeaseHeld (exit 2) while a live run holds it."""
+        if self.run.remote:
+            self._acquire_remote()
+            self._start()
+            return
         if self._link():
             self._start()
             return
@@ -162,7 +195,29 @@ class Lease:
         log.warning("took over the lease of %s: %s", current.describe(), why)
         self._start()
 
+    def _acquire_remote(self) -> None:
+        token = self.run.create(LEASE_FILE, self._record())
+        if token is not None:
+            self.token = token
+            return
+        version = self.run.read_version(LEASE_FILE)
+        current = None if version is None else parse_holder(version.data)
+        if current is None:  # released between the two requests, or not a lease record: never overwritten
+            raise self._held_by(current)
+        why = stale_reason(current, self.timeout)
+        if why is None:
+            raise self._held_by(current)
+        token = self.run.replace_if(LEASE_FILE, self._record(), version.token)  # of several takers only one wins
+        if token is None:
+            raise self._held_by(read_run_holder(self.run))
+        self.token = token
+        log.warning("took over the lease of %s: %s", current.describe(), why)
+
     def _start(self) -> None:
+        if self.run.remote:
+            self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+            self._thread.start()
+            return
         for stray in self.path.parent.glob(f"{LEASE_FILE}.*.tmp"):  # a holder killed while writing its record
             other = read_holder(stray)
             if other is not None and other.id != self.holder.id and stale_reason(other, self.timeout):
@@ -174,14 +229,36 @@ class Lease:
         while not self._stop.wait(self.timeout / 4):
             self.refresh()
 
+    def _lose(self, current: Holder | None) -> None:
+        if not self.lost:
+            log.error("lost the lease on %s to %s", self.run, current.describe() if current else "nobody")
+        self.lost = True
+        self._stop.set()
+
+    def _refresh_remote(self) -> None:
+        try:
+            token = self.run.replace_if(LEASE_FILE, self._record(), self.token)
+            if token is not None:
+                self.token = token
+                return
+            version = self.run.read_version(LEASE_FILE)
+        except OSError as exc:  # the store did not answer: the next beat tries again
+            log.warning("could not refresh the lease on %s: %s", self.run, exc)
+            return
+        current = None if version is None else parse_holder(version.data)
+        if current is not None and current.id == self.holder.id:  # our last write landed, its reply was lost
+            self.token = version.token
+            return
+        self._lose(current)
+
     def refresh(self) -> None:
         """Rewrite the heartbeat; marks the lease lost when the file no longer names this holder."""
+        if self.run.remote:
+            self._refresh_remote()
+            return
         current = read_holder(self.path)
         if current is None or current.id != self.holder.id:
-            if not self.lost:
-                log.error("lost the lease on %s to %s", self.path.parent, current.describe() if current else "nobody")
-            self.lost = True
-            self._stop.set()
+            self._lose(current)
             return
         try:
             os.replace(self._temp(), self.path)
@@ -189,8 +266,14 @@ class Lease:
             log.warning("could not refresh the lease on %s: %s", self.path.parent, exc)
 
     def release(self) -> None:
+        """Stop the heartbeat and delete the lease if it still names this holder (on an object store the check
+        and the delete are two requests: a taker can only come between them once this heartbeat is stale)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self.run.remote:
+            if not self.lost and (current := read_run_holder(self.run)) is not None and current.id == self.holder.id:
+                self.run.remove(LEASE_FILE)
+            return
         if not self.lost and (current := read_holder(self.path)) is not None and current.id == self.holder.id:
             self.path.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from trainer.data.sampler import ResumableBatchSampler, eval_indices
 from trainer.distributed import DistEnv
 from trainer.engine import Engine, build_engine
 from trainer.lease import Lease, LeaseHeld, LeaseLost, new_holder_id
+from trainer.runfolder import RunFolder
 from trainer.telemetry import StepRecord, Telemetry
 
 log = logging.getLogger("astrobio.train")
@@ -52,7 +53,7 @@ class Preempted(AstrobioError):
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: str  # a local path or a URL
     step: int
     stopped_early: bool
     best_metric: float | None
@@ -107,11 +108,13 @@ def autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContext
 class Trainer:
     """Trains one component according to one run config, in this process (one rank of possibly many)."""
 
-    def __init__(self, cfg: RunConfig, component: Component, store: Any, run_dir: Path, env: DistEnv) -> None:
+    def __init__(self, cfg: RunConfig, component: Component, store: Any, run_dir: Path | RunFolder,
+                 env: DistEnv) -> None:
         self.cfg = cfg
         self.component = component
         self.store = store
-        self.run_dir = run_dir
+        self.folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+        self.run_dir = self.folder.location
         self.env = env
         self.stop = StopFlag()
         self.failed_saves = 0  # checkpoint writes failed in a row
@@ -163,7 +166,7 @@ class Trainer:
         env, problem = self.env, ""
         lease = None
         if env.is_main:
-            lease = Lease(self.run_dir, self.cfg.checkpoint.lease_timeout_seconds, new_holder_id())
+            lease = Lease(self.folder, self.cfg.checkpoint.lease_timeout_seconds, new_holder_id())
             try:
                 lease.acquire()
             except LeaseHeld as exc:
@@ -192,10 +195,10 @@ class Trainer:
         engine = self.engine = build_engine(lambda: self.component.build_model(data), self.component.init_on_meta(),
                                             cfg, env)
         self.model = engine.model
-        ckpt = Checkpointer(self.run_dir, env, cfg.checkpoint.keep_last, self.holder_id, cfg.checkpoint.async_save)
+        ckpt = Checkpointer(self.folder, env, cfg.checkpoint.keep_last, self.holder_id, cfg.checkpoint.async_save)
         if cfg.checkpoint.async_save and not engine.saves_in_background and env.is_main:
             log.warning("checkpoint.async_save: %s writes its checkpoints synchronously", type(engine).__name__)
-        telemetry = Telemetry(cfg.logging, self.run_dir, cfg.component, env.rank, env.local_rank, env.device,
+        telemetry = Telemetry(cfg.logging, self.folder, cfg.component, env.rank, env.local_rank, env.device,
                               cfg.train.max_steps, cfg.model_dump(mode="json"))
         state = TrainerState(world_size=env.world_size, micro_batch_size=cfg.data.batch_size,
                              lineage=data.lineage, config_digest=cfg.digest())

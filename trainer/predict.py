@@ -116,7 +116,8 @@ def add_predict_parsers(subparsers: argparse._SubParsersAction) -> None:
         description="Read the input table, check every row against the component's input schema, predict, and "
         "write the same format with the prediction columns (and in_training_domain, domain_note) appended.",
         epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model", required=True, type=Path, help="bundle folder, or a run folder (uses best/)")
+    p.add_argument("-m", "--model", required=True, help="bundle folder, or a run folder (uses best/); a path or "
+                   "an s3:// URL")
     p.add_argument("--input", required=True, help="CSV, parquet or JSONL file ('-' = CSV on stdin)")
     p.add_argument("--output", default=None,
                    help="output file, same format ('-' = CSV on stdout; default INPUT.predictions.SUFFIX)")
@@ -129,7 +130,8 @@ def add_predict_parsers(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="the component's report for a trained model on another dataset version",
         description="Rebuild the evaluation data from --data with the bundle's frozen statistics and write "
         "report.md (the same tables and figures as the training report) and metrics.json into --out.")
-    p.add_argument("-m", "--model", required=True, type=Path, help="bundle folder, or a run folder (uses best/)")
+    p.add_argument("-m", "--model", required=True, help="bundle folder, or a run folder (uses best/); a path or "
+                   "an s3:// URL")
     p.add_argument("--data", required=True, help="dataset NAME@VERSION (or NAME for its latest)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default evaluation-COMPONENT-NAME-VERSION)")
     p.add_argument("--root", default=None, help="storage root (default: the bundle config's data.root)")

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from trainer.components.base import ReportSection
 
+REPORT = "report.md"
+LOSS_PLOT = "loss.png"
+
 
 def read_metrics(path: Path) -> list[dict]:
     """metrics.jsonl records; on resumed runs the last record of each (kind, step) wins."""
@@ -50,7 +53,7 @@ def write_report(run_dir: Path, title: str, summary: dict[str, object], sections
                  card: str) -> Path:
     """Write report.md (and loss.png) into the run folder; returns the report path."""
     records = read_metrics(run_dir / "metrics.jsonl")
-    has_plot = plot_losses(records, run_dir / "loss.png")
+    has_plot = plot_losses(records, run_dir / LOSS_PLOT)
     lines = [f"# {title}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
     if has_plot:
@@ -59,7 +62,7 @@ def write_report(run_dir: Path, title: str, summary: dict[str, object], sections
         lines += ["", f"## {section.title}", "", section.markdown]
     if card:
         lines += ["", "## Data used", "", card]
-    path = run_dir / "report.md"
+    path = run_dir / REPORT
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)

@@ -11,35 +11,35 @@ from trainer import bundle, components, distributed
 from trainer.checkpoint import unique_storage
 from trainer.config import RunConfig, dump_config
 from trainer.loop import RunResult, Trainer
-from trainer.report import write_report
-from trainer.telemetry import push_report_metrics
+from trainer.report import LOSS_PLOT, REPORT, write_report
+from trainer.runfolder import RunFolder
+from trainer.telemetry import METRICS_FILE, push_report_metrics
 
 log = logging.getLogger(__name__)
 
 
-def prepare_run_dir(cfg: RunConfig, is_main: bool) -> Path:
-    """The run folder; rank 0 writes the resolved config into it (atomically)."""
-    run_dir = Path(cfg.logging.run_dir) / cfg.run_name
+def prepare_run_dir(cfg: RunConfig, is_main: bool) -> RunFolder:
+    """The run folder (a local folder or an fsspec URL); rank 0 writes the resolved config into it (atomically)."""
+    run = RunFolder(f"{cfg.logging.run_dir.rstrip('/')}/{cfg.run_name}")
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".config.yaml.tmp"
-        tmp.write_text(dump_config(cfg))
-        tmp.replace(run_dir / "config.yaml")
-    return run_dir
+        run.makedirs()
+        run.write_text("config.yaml", dump_config(cfg))
+    return run
 
 
-def train(cfg: RunConfig) -> tuple[RunResult, Path | None]:
-    """Train the configured component; returns the result and (on rank 0) the report path."""
+def train(cfg: RunConfig) -> tuple[RunResult, Path | str | None]:
+    """Train the configured component; returns the result and (on rank 0) the report path (a URL for a run
+    folder on an object store)."""
     env = distributed.init(cfg.distributed, cfg.train.device)
     try:
         component = components.get(cfg.component)(cfg)
-        run_dir = prepare_run_dir(cfg, env.is_main)
+        run = prepare_run_dir(cfg, env.is_main)
         distributed.barrier(env)
         store = Store(cfg.data.root)
-        trainer = Trainer(cfg, component, store, run_dir, env)
+        trainer = Trainer(cfg, component, store, run, env)
         result = trainer.fit()
         report = None
-        best_dir = run_dir / bundle.BEST
+        best_dir = run.scratch / bundle.BEST  # on an object store: the working copy, uploaded below
         best = best_dir / bundle.WEIGHTS
         final_weights = None if best.is_file() else trainer.full_state_dict()  # collective under FSDP
         if env.is_main:
@@ -76,11 +76,17 @@ def train(cfg: RunConfig) -> tuple[RunResult, Path | None]:
             }
             for section in sections:
                 summary.update({k: f"{v:.4f}" for k, v in section.metrics.items()})
-            report = write_report(run_dir, f"Run {cfg.run_name}", summary, sections, trainer.data.card)
+            run.fetch(METRICS_FILE)
+            report = write_report(run.scratch, f"Run {cfg.run_name}", summary, sections, trainer.data.card)
             report_metrics = {k: v for section in sections for k, v in section.metrics.items()}
             push_report_metrics(cfg.component, cfg.run_name, report_metrics)
             if has_bundle:
                 bundle.add_metrics(best_dir, report_metrics)
+            if run.remote:
+                run.publish(bundle.BEST, last=bundle.INFO)
+                run.publish(LOSS_PLOT)
+                run.publish(REPORT)
+                report = run.url(REPORT)
         distributed.barrier(env)
         return result, report
     finally:

@@ -17,9 +17,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from datajobs.errors import require
 from trainer.config import LoggingConfig
+from trainer.runfolder import RunFolder
 
 log = logging.getLogger("astrobio.train")
 
+METRICS_FILE = "metrics.jsonl"
 STEP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -38,13 +40,14 @@ class StepRecord:
     flops: float | None = None  # training FLOPs of this step on this rank
 
 
-def repair_metrics(path: Path, upto_step: int) -> None:
+def repair_metrics(run: RunFolder, upto_step: int) -> str:
     """Keep the records of steps up to `upto_step` (a resumed run writes the later ones again) and drop a line
-    torn by a kill; rewritten atomically, only when something changes."""
+    torn by a kill; rewritten atomically (temp + rename, or one PUT), only when something changes. Returns the
+    text kept."""
     try:
-        text = path.read_text()
+        text = run.read_text(METRICS_FILE)
     except FileNotFoundError:
-        return
+        return ""
     kept, dropped, torn = [], 0, 0
     for line in text.splitlines(keepends=True):
         try:
@@ -58,15 +61,11 @@ def repair_metrics(path: Path, upto_step: int) -> None:
         else:
             dropped += 1
     if not (dropped or torn):
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(kept))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+        return text
+    run.write_text(METRICS_FILE, "".join(kept))
     log.info("metrics.jsonl: kept %d records up to step %d, dropped %d after it and %d torn line(s)", len(kept),
              upto_step, dropped, torn)
+    return "".join(kept)
 
 
 def process_memory_bytes() -> int:
@@ -165,7 +164,7 @@ class PrometheusMetrics:
 class Telemetry:
     """Fans each training event out to every enabled sink; file and console sinks live on rank 0."""
 
-    def __init__(self, cfg: LoggingConfig, run_dir: Path, component: str, rank: int, local_rank: int,
+    def __init__(self, cfg: LoggingConfig, run_dir: Path | RunFolder, component: str, rank: int, local_rank: int,
                  device: torch.device, max_steps: int, run_config: dict[str, Any]) -> None:
         self.cfg = cfg
         self.device = device
@@ -179,26 +178,32 @@ class Telemetry:
         self._window_started = self._started = time.perf_counter()
         self._first_step = 0
         self.log_every = 10
-        self._metrics_path = run_dir / "metrics.jsonl"
-        self._jsonl: Any = None  # opened by start(), after the file is cut back to the resumed step
+        self.run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+        self._jsonl: Any = None  # local: opened by start(), after the file is cut back to the resumed step
+        self._remote_text: list[str] | None = None  # object store: the whole object, PUT again each window
         self._pending: list[dict[str, Any]] = []  # this window's step records, written at its end
         self._tb = None
         self._wandb = None
         if self.is_main and cfg.tensorboard:
             tb = require("torch.utils.tensorboard", "tensorboard")
-            self._tb = tb.SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self._tb = tb.SummaryWriter(log_dir=self.run.url("tensorboard"))
         if self.is_main and cfg.wandb:
             wandb = require("wandb", "wandb")
-            self._wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name, dir=str(run_dir),
+            self._wandb = wandb.init(project=cfg.wandb_project, name=self.run.name,
+                                     dir=None if self.run.remote else self.run.url(),
                                      config=run_config, resume="allow")
 
     def _write(self, record: dict[str, Any]) -> None:
         """Write this window's step records, then `record`, and flush once."""
         records = [*self._pending, record]
         self._pending = []
+        lines = "".join(json.dumps(r) + "\n" for r in records)
         if self._jsonl is not None:
-            self._jsonl.write("".join(json.dumps(r) + "\n" for r in records))
+            self._jsonl.write(lines)
             self._jsonl.flush()
+        elif self._remote_text is not None:  # no append on an object store: one PUT of the whole object
+            self._remote_text.append(lines)
+            self.run.write_text(METRICS_FILE, "".join(self._remote_text))
         if self._tb is None and self._wandb is None:
             return
         for r in records:
@@ -210,7 +215,7 @@ class Telemetry:
             if self._wandb is not None:
                 self._wandb.log(scalars, step=r["step"])
 
-    def on_resume(self, step: int, path: Path) -> None:
+    def on_resume(self, step: int, path: str) -> None:
         self.prom.resumes.inc()
         if self.is_main:
             log.info("resumed from step %d (%s, verified against its manifest)", step, path)
@@ -266,8 +271,11 @@ class Telemetry:
     def start(self, first_step: int, log_every: int) -> None:
         """Open metrics.jsonl (rank 0) holding only records up to `first_step`, the step the run resumed from."""
         if self.is_main:
-            repair_metrics(self._metrics_path, first_step)
-            self._jsonl = open(self._metrics_path, "a")  # noqa: SIM115
+            kept = repair_metrics(self.run, first_step)
+            if self.run.remote:
+                self._remote_text = [kept]
+            else:
+                self._jsonl = open(self.run.local / METRICS_FILE, "a")  # noqa: SIM115
         self._first_step = first_step
         self.log_every = log_every
         self._started = self._window_started = time.perf_counter()

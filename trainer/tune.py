@@ -278,6 +278,9 @@ class Tuner:
         self.base = apply_overrides(yaml.safe_load(Path(args.config).read_text()), list(args.set))
         self.space = load_space(args.space, self.base)
         self.study_name = args.study or f"{cfg.run_name}-tune"
+        if "://" in cfg.logging.run_dir:
+            raise ConfigError(f"logging.run_dir {cfg.logging.run_dir!r}: tune keeps its study and trial folders on a "
+                              f"local disk; use a local run_dir")
         self.dir = Path(cfg.logging.run_dir) / self.study_name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.storage_url = (args.storage or os.environ.get(STORAGE_ENV)

@@ -3,7 +3,6 @@ and a real S3 server), and a real Pushgateway."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -62,14 +61,6 @@ def config(tmp_path, replay):
         return path
 
     return write
-
-
-@pytest.fixture(scope="session")
-def ceph(tmp_path_factory):
-    radosgw = require_tool("radosgw")
-    server = s3server.start(tmp_path_factory.mktemp("ceph"), os.path.dirname(radosgw))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["local", "s3"])

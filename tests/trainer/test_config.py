@@ -54,7 +54,9 @@ def test_overrides_keep_types() -> None:
         (["distributed.strategy=horovod"], "distributed.strategy"),
         (["nonsense=1"], "unknown key 'nonsense'"),
         (["optim.name=adamw8bit", "distributed.strategy=fsdp"], "adamw8bit"),
-        (["logging.run_dir=s3://bucket/runs"], "run folders on object storage are not supported yet"),
+        (["logging.run_dir=gs://bucket/runs"], "a run folder is a local path or an s3:// URL"),
+        (["logging.run_dir=s3://bucket/runs", "logging.tensorboard=true"], "an s3:// run_dir cannot take"),
+        (["logging.run_dir=s3://bucket/runs", "distributed.strategy=deepspeed"], "DeepSpeed writes its checkpoints"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], expected: str) -> None:
