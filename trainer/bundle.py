@@ -98,7 +98,7 @@ def load_checkpoint_weights(model: nn.Module, path: Path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    from trainer.checkpoint import WeightsOnlyLoadPlanner
+    from trainer.dcp_planner import WeightsOnlyLoadPlanner
 
     state = {"model": get_model_state_dict(model)}
     dcp.load(state, checkpoint_id=str(path), planner=WeightsOnlyLoadPlanner(), no_dist=True)

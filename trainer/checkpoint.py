@@ -17,6 +17,7 @@ Our payloads load without unpickling objects: DCP entries with weights_only=True
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -26,20 +27,20 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
 from datajobs.errors import DataError
 from trainer.distributed import DistEnv, any_rank, barrier, sum_over_ranks
 from trainer.engine import Engine, full_state_dict
-from trainer.engine import WeightsOnlyLoadPlanner as WeightsOnlyLoadPlanner  # where trainer.lora imports it
 from trainer.runfolder import RunFolder, fsync_path, fsync_tree
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.staging import DefaultStager
 
 log = logging.getLogger("astrobio.train")
 
@@ -50,9 +51,13 @@ MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 
 
-def _write_errors() -> tuple[type[BaseException], ...]:
+@functools.cache
+def write_errors() -> tuple[type[BaseException], ...]:
     """What a failed write raises: OSError (full disk, EFBIG, EIO, permissions), DCP's CheckpointException
-    (a BaseException wrapping each rank's error) and, when botocore is installed, S3 client errors."""
+    (a BaseException wrapping each rank's error) and, when botocore is installed, S3 client errors. A function,
+    so `except write_errors()` imports DCP only when an error reaches it."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
     errors: tuple[type[BaseException], ...] = (OSError, CheckpointException)
     try:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -61,15 +66,14 @@ def _write_errors() -> tuple[type[BaseException], ...]:
     return (*errors, BotoCoreError, ClientError)
 
 
-WRITE_ERRORS = _write_errors()
-
-
 class CheckpointWriteError(Exception):
     """A checkpoint could not be written on some rank; raised on every rank, the temp folder is removed."""
 
 
 def describe_write_error(exc: BaseException) -> str:
     """One line: the first rank's error of a CheckpointException, else the error itself."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
     if isinstance(exc, CheckpointException) and exc.failures:
         rank, (inner, _) = next(iter(sorted(exc.failures.items())))
         exc = inner
@@ -237,6 +241,8 @@ class Checkpointer:
         if async_save:
             # Staged copies are kept between saves (the next save copies into them): host memory of one copy of
             # model and optimizer state, pinned on CUDA for fast device-to-host copies.
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
             self._stager = DefaultStager(StagingOptions(use_pinned_memory=torch.cuda.is_available(),
                                                         use_shared_memory=False, use_async_staging=False,
                                                         use_non_blocking_copy=False))
@@ -364,7 +370,7 @@ class Checkpointer:
         problem = ""
         try:
             write()
-        except WRITE_ERRORS as exc:
+        except write_errors() as exc:
             problem = describe_write_error(exc)
         (failed,) = any_rank([bool(problem)], self.env)  # also the barrier between phases
         if failed:
@@ -398,7 +404,7 @@ class Checkpointer:
         try:
             writing.result()
             self._publish(tmp, final, step)
-        except WRITE_ERRORS as exc:
+        except write_errors() as exc:
             return time.perf_counter() - started, describe_write_error(exc)
         return time.perf_counter() - started, ""
 
@@ -453,7 +459,7 @@ class Checkpointer:
                 write_weights_only(self.best_dir, unique_storage(weights),
                                    {"step": step, "metric": metric_name, "value": metric})
                 self.run.publish("best", last=INFO)
-            except WRITE_ERRORS as exc:
+            except write_errors() as exc:
                 failure = exc
         barrier(self.env)  # every rank passes it, also when rank 0's write failed
         if failure is not None:

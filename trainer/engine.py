@@ -11,45 +11,31 @@ import contextlib
 from abc import ABC, abstractmethod
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.staging import AsyncStager
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
 
 from trainer import deepspeed_engine, parallelize
 from trainer.config import RunConfig
 from trainer.distributed import DistEnv
 from trainer.optim import build_optimizer, build_scheduler
 
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.staging import AsyncStager
+
+# torch.distributed.checkpoint (0.5-0.7 s to import) is imported where a checkpoint is written or read, not here:
+# a run's start-up to its first step does not wait for it.
+
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: no allocation per micro-step
-
-
-class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
-    """DCP's planner, but the non-tensor entries (e.g. optimizer hyper-parameters) load with weights_only=True."""
-
-    def load_bytes(self, read_item, value) -> None:
-        obj = torch.load(value, weights_only=True)
-        if self.flatten_state_dict:
-            from torch.distributed.checkpoint._nested_dict import set_element
-
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = obj
 
 
 def full_state_dict(model: Any) -> dict[str, torch.Tensor]:
     """The whole model's weights on CPU, gathered from shards where the strategy shards (collective)."""
     if deepspeed_engine.is_engine(model):
         return deepspeed_engine.full_state_dict(model)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -138,15 +124,26 @@ class TorchEngine(Engine):
         self.optimizer.zero_grad(set_to_none=True)
 
     def save(self, folder: Path, distributed: bool) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder), no_dist=not distributed)
 
     def save_in_background(self, folder: Path, distributed: bool, group: Any, stager: AsyncStager) -> Future:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         return dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder), process_group=group,
                               async_stager=stager, no_dist=not distributed)
 
     def load(self, folder: Path, distributed: bool) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        from trainer.dcp_planner import WeightsOnlyLoadPlanner
+
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         target = {"model": model_sd, "optim": optim_sd}
         dcp.load(target, checkpoint_id=str(folder), planner=WeightsOnlyLoadPlanner(), no_dist=not distributed)

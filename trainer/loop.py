@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from datajobs.errors import AstrobioError, ConfigError
 from trainer import distributed
-from trainer.checkpoint import WRITE_ERRORS, Checkpointer, SaveOutcome, TrainerState, describe_write_error
+from trainer.checkpoint import Checkpointer, SaveOutcome, TrainerState, describe_write_error, write_errors
 from trainer.components.base import Component, ComponentData, move_to_device
 from trainer.config import RunConfig
 from trainer.data.sampler import ResumableBatchSampler, eval_indices
@@ -320,7 +320,7 @@ class Trainer:
                 self._wait_for_checkpoint(ckpt, telemetry)
                 try:
                     ckpt.save_best(model, state.step, "val_loss", value)
-                except WRITE_ERRORS as exc:
+                except write_errors() as exc:
                     telemetry.on_checkpoint_failure(state.step, f"best weights: {describe_write_error(exc)}")
         else:
             state.evals_without_improvement += 1
