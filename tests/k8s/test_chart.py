@@ -209,7 +209,6 @@ BAD_VALUES = [
     ("jobs.planets.workerz=2", "workerz"),
     ("jobs.Planets_1.component=planets", "Planets_1"),
     ("dataJobs.kegg.source=arxiv", "/dataJobs/kegg/source"),
-    ("storage.runRoot=s3://bucket/runs", "/storage/runRoot"),
     (
         "monitoring.prometheusRule.alerts.AstrobioGPUMemoryNearFull.severity=page",
         "/monitoring/prometheusRule/alerts/AstrobioGPUMemoryNearFull/severity",
@@ -222,6 +221,9 @@ BAD_VALUES = [
         "longer than 48 characters",
     ),
     ("dataJobs.kegg.schedule=every day", "expected 5 cron fields"),
+    ("storage.pvc.enabled=false", "checkpoints would be lost with the pod"),
+    ("storage.runRoot=/var/runs", "checkpoints would be lost with the pod"),
+    ("storage.runRoot=runs", "/storage/runRoot"),
     ("jobs.planets.strategy=none", "strategy none cannot run 2 nodes x 1 processes"),
     ("jobs.planets.kind=MPIJob", "/jobs/planets/kind"),
     ("jobs.planets.terminationGracePeriodSeconds=45", "/jobs/planets/terminationGracePeriodSeconds"),
@@ -353,6 +355,31 @@ def _run_configs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
+PRESET_CONFIGS = {"graph-vae": "graph-vae-qm9", "spectrum": "spectrum", "datacube": "datacube",
+                  "metabolic-links": "metabolic-links"}
+# keys a preset may set differently from its configs/ file: those the chart fills in, the pod's device, linger
+PRESET_OWN_KEYS = {"component", "logging.run_dir", "logging.run_name", "logging.metrics_port",
+                   "logging.metrics_linger_seconds", "train.device"}
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+@pytest.mark.parametrize("job", sorted(PRESET_CONFIGS))
+def test_component_presets_mirror_their_config_files(job: str) -> None:
+    """A preset's run config is its configs/ file (a config change there must reach the chart's job too)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    preset = _flat(values["jobs"][job]["config"])
+    config = _flat(yaml.safe_load((REPO / "configs" / f"{PRESET_CONFIGS[job]}.yaml").read_text()))
+    differ = {k: (config.get(k), preset.get(k)) for k in set(preset) | set(config)
+              if k not in PRESET_OWN_KEYS and config.get(k) != preset.get(k)}
+    assert not differ, f"jobs.{job}.config differs from configs/{PRESET_CONFIGS[job]}.yaml (file, chart): {differ}"
+
+
 def test_run_config_keys_the_chart_owns() -> None:
     docs = render(sets=["jobs.llm.enabled=true"])
     configs = _run_configs(docs)
@@ -434,6 +461,28 @@ def test_optional_branches() -> None:
     cron = next(c for c in objects(docs, "CronJob") if c["metadata"]["name"].endswith("-text"))
     cron_pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert {v["name"] for v in cron_pod["volumes"]} == {"tmp", "data"}
+
+
+def test_no_pvc_mode_keeps_runs_on_object_storage(tmp_path: Path) -> None:
+    """storage.pvc.enabled=false with an s3:// runRoot: no claim, no data volume, the run folder and the S3
+    credentials (from the Secret) reach every trainer process, and the trainer accepts the rendered config."""
+    docs = render([CHART / "ci" / "no-pvc-values.yaml"])
+    assert not objects(docs, "PersistentVolumeClaim")
+    (job,) = objects(docs, "PyTorchJob")
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        assert all("persistentVolumeClaim" not in v for v in pod["volumes"]), pod["volumes"]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["AWS_ENDPOINT_URL"]["value"] == "http://rgw.storage.svc:7480"
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "astrobio-s3"
+    (config_map,) = [c for c in objects(docs, "ConfigMap") if c["metadata"]["name"].endswith("-config")]
+    run_config = yaml.safe_load(next(iter(config_map["data"].values())))
+    assert run_config["logging"]["run_dir"] == "s3://astrobio/runs"
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run_config))
+    from trainer.config import load_config
+
+    assert load_config(path).logging.run_dir == "s3://astrobio/runs"
 
 
 def test_datajob_cronjob_contract() -> None:

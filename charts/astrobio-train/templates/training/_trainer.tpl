@@ -12,6 +12,13 @@
 {{- if and (eq $job.strategy "none") (gt (mul (add1 (int $job.workers)) (include "astrobio.nproc" $job | int)) 1) -}}
 {{- fail (printf "jobs.%s: strategy none cannot run %d nodes x %s processes; use ddp, fsdp or deepspeed" $name (add1 (int $job.workers)) (include "astrobio.nproc" $job)) -}}
 {{- end -}}
+{{- $runDir := default $.Values.storage.runRoot (get (default (dict) (get (default (dict) $job.config) "logging")) "run_dir") -}}
+{{- if not (contains "://" $runDir) -}}
+{{- $mount := trimSuffix "/" $.Values.storage.pvc.mountPath -}}
+{{- if not (and $.Values.storage.pvc.enabled (or (eq (trimSuffix "/" $runDir) $mount) (hasPrefix (printf "%s/" $mount) $runDir))) -}}
+{{- fail (printf "jobs.%s: run folder %q is on the pod's own disk (not below storage.pvc.mountPath %q of an enabled PVC), so its checkpoints would be lost with the pod; set storage.runRoot to an object-store URL (s3://bucket/runs) or enable storage.pvc" $name $runDir $.Values.storage.pvc.mountPath) -}}
+{{- end -}}
+{{- end -}}
 {{- $_ := set $out $name $job -}}
 {{- end -}}
 {{- end -}}
