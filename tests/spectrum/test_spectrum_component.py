@@ -100,3 +100,35 @@ def test_cli_predict_on_the_bundled_wasp39b_spectrum(trained: Path, tmp_path: Pa
     proc = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(bad),
                     "--output", str(tmp_path / "x.csv")])
     assert proc.returncode == 2 and "error_ppm" in proc.stderr
+
+
+def test_training_batches_get_a_fresh_noise_draw_and_validation_batches_none(trained: Path) -> None:
+    bundle = load_bundle(trained / "best", "cpu")
+    comp, model = bundle.component, bundle.model
+    x, _ = comp.read_spectrum(str(WASP39B_CSV), [])
+    x = torch.from_numpy(x).repeat(8, 1, 1)
+    y = torch.zeros(8, len(comp.parameters))
+
+    def loss(xb: torch.Tensor, draw: float) -> float:
+        with torch.no_grad():
+            return float(comp.training_step(model, (xb, y, torch.full((8,), draw))).loss)
+
+    assert loss(x, 1.0) != loss(x, 1.0)  # a new draw each call
+    assert loss(x, 0.0) == loss(x, 0.0)  # the stored (noisy) spectrum as it is
+    silent = x.clone()
+    silent[:, 1] = 0.0  # zero error bars: the draw adds nothing
+    assert loss(silent, 1.0) == loss(silent, 0.0)
+
+
+def test_the_uniform_prior_is_the_flows_standard_normal_base(trained: Path) -> None:
+    """The probit map: prior draws become N(0, 1) latents (what an uninformative posterior must look like to the
+    flow) and map back to themselves inside the prior box."""
+    comp = load_bundle(trained / "best", "cpu").component
+    assert comp.latent == "probit"
+    rng = np.random.default_rng(0)
+    params = comp.lo + (comp.hi - comp.lo) * rng.uniform(size=(20000, len(comp.parameters)))
+    z = comp.to_latent(params)
+    assert np.abs(z.mean(axis=0)).max() < 0.03 and np.abs(z.std(axis=0) - 1).max() < 0.03
+    assert np.abs(np.mean(np.abs(z) > 1.96, axis=0) - 0.05).max() < 0.01  # Gaussian tails, not logistic (0.13)
+    np.testing.assert_allclose(comp.from_latent(z.astype(float)), params, rtol=1e-4,
+                               atol=1e-5 * float((comp.hi - comp.lo).max()))
