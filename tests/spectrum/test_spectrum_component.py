@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from datajobs.forward_model import SNAPSHOT
-from tests.conftest import BIN, REPO, run_cli, train_losses
+from tests.conftest import BIN, REPO, free_port, run_cli, train_losses
 from trainer.bundle import load_bundle
 
 WASP39B_CSV = SNAPSHOT / "wasp39b_jwst_prism_g395h.csv"
@@ -132,3 +132,22 @@ def test_the_uniform_prior_is_the_flows_standard_normal_base(trained: Path) -> N
     assert np.abs(np.mean(np.abs(z) > 1.96, axis=0) - 0.05).max() < 0.01  # Gaussian tails, not logistic (0.13)
     np.testing.assert_allclose(comp.from_latent(z.astype(float)), params, rtol=1e-4,
                                atol=1e-5 * float((comp.hi - comp.lo).max()))
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_match_one_rank_with_the_same_global_batch(sim_root: Path, tmp_path: Path) -> None:
+    """Two gloo ranks of 32 spectra equal one process of 64. The fresh noise draw is per rank (like dropout),
+    so it is off here."""
+    common = ("train.max_steps=40", "train.precision=fp32", "model.resample_noise=false")
+    one = train(sim_root, tmp_path / "one", "data.batch_size=64", *common)
+    assert one.returncode == 0, one.stderr[-3000:]
+    sets = [f"data.root={sim_root}", f"logging.run_dir={tmp_path / 'two'}", *TINY, "data.batch_size=32", *common,
+            "distributed.strategy=ddp"]
+    two = run_cli([str(BIN / "astrobio-train"), "run", "-c", str(REPO / "configs" / "spectrum.yaml"),
+                   *(x for s in sets for x in ("--set", s)), "--nproc-per-node", "2"],
+                  PET_MASTER_PORT=str(free_port()))
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = train_losses(tmp_path / "one" / "spectrum"), train_losses(tmp_path / "two" / "spectrum")
+    assert sorted(a) == sorted(b) == list(range(1, 41))
+    worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
+    assert worst < 1e-4, f"largest relative difference {worst:.2e}"
