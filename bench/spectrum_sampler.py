@@ -59,14 +59,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from trainer.sampler_baseline import run_sampler
 
     args.out.mkdir(parents=True, exist_ok=True)
-    targets = [("wasp39b", wasp39b_prism(), None)] + [
+    targets = [] if args.no_wasp39b else [("wasp39b", wasp39b_prism(), None)]
+    targets += [
         (f"test-{s['index']}", s, s["params"]) for s in test_spectra(args.root, args.n_test)]
     for name, spec, truth in targets:
         path = args.out / f"sampler-{name}.npz"
         if path.is_file():
             continue
         r = run_sampler(spec["wavelength_um"], spec["half_width_um"], spec["depth"], spec["error"],
-                        n_layers=args.n_layers, nlive=args.nlive, dlogz=args.dlogz)
+                        n_layers=args.n_layers, nlive=args.nlive, dlogz=args.dlogz,
+                        bootstrap=args.bootstrap)
         np.savez(path, samples=r.samples, seconds=r.seconds, calls=r.likelihood_calls, logz=r.log_evidence,
                  truth=np.full(len(PARAMETERS), np.nan) if truth is None else truth)
         print(f"{name}: {r.seconds:.0f} s, {r.likelihood_calls} likelihood calls", flush=True)
@@ -209,6 +211,8 @@ def main() -> None:
     s.add_argument("--n-layers", type=int, default=50)
     s.add_argument("--nlive", type=int, default=100)
     s.add_argument("--dlogz", type=float, default=1.0)
+    s.add_argument("--bootstrap", type=int, default=None, help="dynesty bootstraps (0: fixed enlargement)")
+    s.add_argument("--no-wasp39b", action="store_true", help="only the simulated test spectra")
     c = sub.add_parser("compare")
     c.add_argument("--model", required=True)
     c.add_argument("--root", required=True)

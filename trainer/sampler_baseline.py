@@ -26,8 +26,10 @@ class SamplerResult:
 
 def run_sampler(wavelength: np.ndarray, half_width: np.ndarray, depth: np.ndarray, error: np.ndarray,
                 priors: dict[str, tuple[float, float]] | None = None, n_layers: int = 50, nlive: int = 200,
-                dlogz: float = 0.5, seed: int = 0, batch: int = 64) -> SamplerResult:
-    """Posterior samples for one observed spectrum (bins given by centre and half width)."""
+                dlogz: float = 0.5, seed: int = 0, batch: int = 64, bootstrap: int | None = None) -> SamplerResult:
+    """Posterior samples for one observed spectrum (bins given by centre and half width). `bootstrap`: dynesty's
+    ellipsoid-enlargement bootstraps (None: its default; 0: a fixed enlargement, cheaper when bootstrapping
+    blows the ellipsoids up)."""
     try:
         import dynesty
         from dynesty.utils import LoglOutput
@@ -68,6 +70,7 @@ def run_sampler(wavelength: np.ndarray, half_width: np.ndarray, depth: np.ndarra
     t0 = time.perf_counter()
     sampler = dynesty.NestedSampler(loglike, prior_transform, len(PARAMETERS), nlive=nlive,
                                     rstate=np.random.default_rng(seed), pool=pool, queue_size=batch,
+                                    bootstrap=bootstrap,
                                     use_pool={"prior_transform": False, "loglikelihood": True,
                                               "propose_point": False, "update_bound": False})
     sampler.run_nested(dlogz=dlogz, print_progress=False)

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from datajobs.forward_model import SNAPSHOT
-from tests.conftest import BIN, REPO, run_cli, train_losses
+from tests.conftest import BIN, REPO, free_port, run_cli, train_losses
 from trainer.bundle import load_bundle
 
 WASP39B_CSV = SNAPSHOT / "wasp39b_jwst_prism_g395h.csv"
@@ -100,3 +100,54 @@ def test_cli_predict_on_the_bundled_wasp39b_spectrum(trained: Path, tmp_path: Pa
     proc = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(bad),
                     "--output", str(tmp_path / "x.csv")])
     assert proc.returncode == 2 and "error_ppm" in proc.stderr
+
+
+def test_training_batches_get_a_fresh_noise_draw_and_validation_batches_none(trained: Path) -> None:
+    bundle = load_bundle(trained / "best", "cpu")
+    comp, model = bundle.component, bundle.model
+    x, _ = comp.read_spectrum(str(WASP39B_CSV), [])
+    x = torch.from_numpy(x).repeat(8, 1, 1)
+    y = torch.zeros(8, len(comp.parameters))
+
+    def loss(xb: torch.Tensor, draw: float) -> float:
+        with torch.no_grad():
+            return float(comp.training_step(model, (xb, y, torch.full((8,), draw))).loss)
+
+    assert loss(x, 1.0) != loss(x, 1.0)  # a new draw each call
+    assert loss(x, 0.0) == loss(x, 0.0)  # the stored (noisy) spectrum as it is
+    silent = x.clone()
+    silent[:, 1] = 0.0  # zero error bars: the draw adds nothing
+    assert loss(silent, 1.0) == loss(silent, 0.0)
+
+
+def test_the_uniform_prior_is_the_flows_standard_normal_base(trained: Path) -> None:
+    """The probit map: prior draws become N(0, 1) latents (what an uninformative posterior must look like to the
+    flow) and map back to themselves inside the prior box."""
+    comp = load_bundle(trained / "best", "cpu").component
+    assert comp.latent == "probit"
+    rng = np.random.default_rng(0)
+    params = comp.lo + (comp.hi - comp.lo) * rng.uniform(size=(20000, len(comp.parameters)))
+    z = comp.to_latent(params)
+    assert np.abs(z.mean(axis=0)).max() < 0.03 and np.abs(z.std(axis=0) - 1).max() < 0.03
+    assert np.abs(np.mean(np.abs(z) > 1.96, axis=0) - 0.05).max() < 0.01  # Gaussian tails, not logistic (0.13)
+    np.testing.assert_allclose(comp.from_latent(z.astype(float)), params, rtol=1e-4,
+                               atol=1e-5 * float((comp.hi - comp.lo).max()))
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_match_one_rank_with_the_same_global_batch(sim_root: Path, tmp_path: Path) -> None:
+    """Two gloo ranks of 32 spectra equal one process of 64. The fresh noise draw is per rank (like dropout),
+    so it is off here."""
+    common = ("train.max_steps=40", "train.precision=fp32", "model.resample_noise=false")
+    one = train(sim_root, tmp_path / "one", "data.batch_size=64", *common)
+    assert one.returncode == 0, one.stderr[-3000:]
+    sets = [f"data.root={sim_root}", f"logging.run_dir={tmp_path / 'two'}", *TINY, "data.batch_size=32", *common,
+            "distributed.strategy=ddp"]
+    two = run_cli([str(BIN / "astrobio-train"), "run", "-c", str(REPO / "configs" / "spectrum.yaml"),
+                   *(x for s in sets for x in ("--set", s)), "--nproc-per-node", "2"],
+                  PET_MASTER_PORT=str(free_port()))
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = train_losses(tmp_path / "one" / "spectrum"), train_losses(tmp_path / "two" / "spectrum")
+    assert sorted(a) == sorted(b) == list(range(1, 41))
+    worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
+    assert worst < 1e-4, f"largest relative difference {worst:.2e}"

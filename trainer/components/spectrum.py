@@ -2,7 +2,7 @@
 
 Trains on a `spectra-sim` (or `spectra-grid`) dataset: per bin the scaled depth, the scaled 1-sigma error and
 an observed/missing mask; targets are the simulation parameters mapped from their uniform prior box to the real
-line (logit), so posterior samples always lie inside the prior. Held-out evaluation: per-parameter R^2 of the
+line (probit), so posterior samples always lie inside the prior. Held-out evaluation: per-parameter R^2 of the
 posterior mean (HELA, Marquez-Neila et al. 2018; plan-net, Cobb et al. 2019) and the coverage of the central 68%
 and 95% intervals. `predict` reads a spectrum table and writes a posterior summary and its samples.
 """
@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import torch
 from pydantic import Field
+from scipy.special import ndtr, ndtri
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -47,6 +48,9 @@ class SpectrumModelConfig(ModelConfig):
     posterior_samples: int = Field(1000, gt=0, description="samples per spectrum in report and predict")
     report_spectra: int = Field(500, gt=0, description="held-out spectra scored in the report (at most)")
     min_rows: int = Field(200, gt=0, description="fewer spectra than this stops the run")
+    resample_noise: bool = Field(True, description="train on the noise-free depths (`depth_true`) plus a fresh "
+                                 "Gaussian draw from the error bars at every step; validation and test keep the "
+                                 "stored noisy spectra")
     predict_mask_um: str = Field("3.9-4.2", description="wavelength ranges predict ignores by default "
                                  "('lo-hi,...'; SO2 at 4.05 um is not in the forward model); '' = none")
 
@@ -74,12 +78,19 @@ class SpectrumComponent(Component):
         e = np.where(mask, error / self.depth_std, 0.0)
         return np.stack([x * m, e * m, m], axis=1).astype(np.float32)
 
+    # The prior box maps to the real line by the probit (inverse normal CDF): the uniform prior becomes the
+    # flow's standard-normal base, so an uninformative posterior is the identity flow. The logit (bundles made
+    # before 2026-12-03) maps it to a logistic with exponential tails, which an affine flow on a Gaussian base
+    # cannot reach: the 95% interval of an unconstrained parameter came out too narrow (coverage 0.74).
+    latent: str = "probit"
+
     def to_latent(self, params: np.ndarray) -> np.ndarray:
         u = np.clip((params - self.lo) / (self.hi - self.lo), 1e-6, 1 - 1e-6)
-        return np.log(u / (1 - u)).astype(np.float32)
+        return (ndtri(u) if self.latent == "probit" else np.log(u / (1 - u))).astype(np.float32)
 
     def from_latent(self, z: np.ndarray) -> np.ndarray:
-        return self.lo + (self.hi - self.lo) / (1 + np.exp(-z))
+        u = ndtr(z) if self.latent == "probit" else 0.5 * (1 + np.tanh(0.5 * z))
+        return self.lo + (self.hi - self.lo) * u
 
     # -- data ----------------------------------------------------------------------------------
     def build_data(self, store: Store) -> ComponentData:
@@ -90,7 +101,7 @@ class SpectrumComponent(Component):
             raise DataError(f"{version.ref} holds no spectra-*.npz/bins.npz shards; publish spectra with "
                             "`astrobio-data run spectra-sim`")
         parts = [_npz(version.read_bytes(s)) for s in shards]
-        data = {k: np.concatenate([p[k] for p in parts]) for k in ("params", "mask", "depth", "error")}
+        data = {k: np.concatenate([p[k] for p in parts]) for k in ("params", "mask", "depth", "depth_true", "error")}
         bins = _npz(version.read_bytes("bins.npz"))
         sim = version.read_json("simulation.json")
         n = len(data["params"])
@@ -118,12 +129,16 @@ class SpectrumComponent(Component):
             self.bin_mode = bins["mode"].astype(int)
             self.modes = list(sim["modes"])
         x = self.features(data["depth"], data["error"], mask)
+        x_train = self.features(data["depth_true"], data["error"], mask) if cfg.resample_noise else x
         y = self.to_latent(data["params"])
         self._held_out = {"x": x[split == "test"], "params": data["params"][split == "test"]}
 
         def subset(which: str) -> TensorDataset:
             sel = split == which
-            return TensorDataset(torch.from_numpy(x[sel]), torch.from_numpy(y[sel]))
+            # the last tensor says whether training_step draws the noise (1) or the spectrum already holds it (0)
+            draw = torch.full((int(sel.sum()),), float(which == "train" and cfg.resample_noise))
+            return TensorDataset(torch.from_numpy((x_train if which == "train" else x)[sel]),
+                                 torch.from_numpy(y[sel]), draw)
 
         counts = Counter(split.tolist())
         card = (f"Spectra in `{version.ref}`: {n} ({len(self.bin_wavelength)} bins, modes {', '.join(self.modes)}). "
@@ -136,7 +151,7 @@ class SpectrumComponent(Component):
 
     # -- bundle state ----------------------------------------------------------------------------
     def state(self) -> ComponentState:
-        meta = {"parameters": self.parameters, "units": self.units, "modes": self.modes,
+        meta = {"parameters": self.parameters, "units": self.units, "modes": self.modes, "latent": self.latent,
                 "priors": {p: [float(lo), float(hi)] for p, lo, hi in zip(self.parameters, self.lo, self.hi,
                                                                             strict=True)}}
         arrays = {"depth_mean": self.depth_mean, "depth_std": self.depth_std, "bin_wavelength": self.bin_wavelength,
@@ -146,6 +161,7 @@ class SpectrumComponent(Component):
     def load_state(self, state: ComponentState) -> None:
         meta, arrays = state.meta, state.arrays
         self.parameters, self.units, self.modes = list(meta["parameters"]), dict(meta["units"]), list(meta["modes"])
+        self.latent = str(meta.get("latent", "logit"))
         self.lo = np.array([meta["priors"][p][0] for p in self.parameters])
         self.hi = np.array([meta["priors"][p][1] for p in self.parameters])
         for k in ("depth_mean", "depth_std", "bin_wavelength", "bin_half_width", "bin_mode"):
@@ -162,8 +178,12 @@ class SpectrumComponent(Component):
                               cfg.flow_layers)
 
     def training_step(self, model: nn.Module, batch: Any) -> StepOutput:
-        x, y = batch
-        return StepOutput(loss=-model(x.float(), y.float()).float().mean(), samples=x.shape[0])
+        x, y, draw = batch
+        x = x.float()
+        # channel 1 is error / depth_std and 0 where masked: a draw in the units of channel 0
+        noise = torch.randn_like(x[:, 0]) * x[:, 1] * draw.float()[:, None]
+        x = torch.cat([(x[:, 0] + noise)[:, None], x[:, 1:]], dim=1)
+        return StepOutput(loss=-model(x, y.float()).float().mean(), samples=x.shape[0])
 
     def flops_per_sample(self, model: nn.Module) -> float:
         return 6.0 * sum(p.numel() for p in model.parameters())
