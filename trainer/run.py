@@ -6,9 +6,10 @@ import json
 import logging
 from pathlib import Path
 
+from datajobs.errors import DataError
 from datajobs.store import Store
 from trainer import bundle, components, distributed
-from trainer.checkpoint import unique_storage
+from trainer.checkpoint import describe_write_error, unique_storage, write_errors
 from trainer.config import RunConfig, dump_config
 from trainer.loop import RunResult, Trainer
 from trainer.report import LOSS_PLOT, REPORT, write_report
@@ -22,8 +23,13 @@ def prepare_run_dir(cfg: RunConfig, is_main: bool) -> RunFolder:
     """The run folder (a local folder or an fsspec URL); rank 0 writes the resolved config into it (atomically)."""
     run = RunFolder(f"{cfg.logging.run_dir.rstrip('/')}/{cfg.run_name}")
     if is_main:
-        run.makedirs()
-        run.write_text("config.yaml", dump_config(cfg))
+        try:
+            run.makedirs()
+            run.write_text("config.yaml", dump_config(cfg))
+        except write_errors() as exc:
+            raise DataError(f"run folder {run} cannot be written ({describe_write_error(exc)}); check "
+                            f"logging.run_dir (for s3://: the bucket, AWS_ENDPOINT_URL and the credentials), or "
+                            f"run `astrobio-train doctor -c CONFIG`") from None
     return run
 
 

@@ -174,3 +174,19 @@ def test_planets_on_s3_kill_9_resume_and_a_corrupted_shard(data_root: Path, tmp_
         assert predicted.returncode == 0, predicted.stderr[-3000:]
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("where", ["unreachable-endpoint", "unwritable-path"])
+def test_a_run_folder_that_cannot_be_written_stops_in_one_line(data_root: Path, tmp_path: Path, where: str) -> None:
+    """No object store behind the URL (connection refused), or a local path that cannot be created: exit 2 and
+    one line naming the run folder and what to check, not a traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    run_dir = "s3://astrobio-nowhere/runs" if where == "unreachable-endpoint" else str(blocker / "runs")
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_MAX_ATTEMPTS": "1"}
+    proc = run_cli(planets_args(data_root, run_dir), timeout=120, **env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("astrobio-train: error:")]
+    assert f"run folder {run_dir}/planets cannot be written" in line and "logging.run_dir" in line
