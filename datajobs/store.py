@@ -16,6 +16,7 @@ version intact and readable. Publishing content identical to LATEST creates no n
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -63,6 +64,33 @@ def code_version() -> str:
         return f"{pkg}+g{ref[:12]}"
     except OSError:
         return pkg
+
+
+def write_local_atomic(path: str | os.PathLike, data: bytes, *, single_writer: bool = False) -> None:
+    """A file on a local disk, whole or not at all: a temp file beside it, fsync, rename over the target, fsync of
+    the folder (so the new name survives a power loss). The temp is uniquely named, so concurrent writers never
+    share one; with `single_writer` (one writer by contract, e.g. a run folder under its lease) it is always
+    `.<name>.tmp`, so one left by a kill -9 is overwritten by the next write instead of accumulating."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    suffix = "tmp" if single_writer else f"tmp-{uuid.uuid4().hex}"
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{suffix}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -275,13 +303,7 @@ class Store:
     def _write_atomic(self, url: str, data: bytes) -> None:
         path = self.fs_path(url)
         if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_local_atomic(path, data)
         else:
             self.fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from datajobs.errors import ConfigError, MissingExtraError
+from datajobs.store import write_local_atomic
 
 HASH_CHUNK = 8 << 20
 
@@ -43,18 +44,6 @@ def fsync_tree(folder: Path) -> None:
         fsync_path(path)
     for d in [*sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), folder]:
         fsync_path(d)
-
-
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename + fsync of the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    fsync_path(path.parent)
 
 
 @dataclass(frozen=True)
@@ -123,7 +112,7 @@ class RunFolder:
         if self.remote:
             self.fs.pipe_file(self._fs_path(rel), data)
         else:
-            write_file_atomic(Path(self.url(rel)), data)
+            write_local_atomic(Path(self.url(rel)), data, single_writer=True)
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
@@ -177,10 +166,10 @@ class RunFolder:
         target = self.scratch / rel
         shutil.rmtree(target, ignore_errors=True)
         if self.is_file(rel):
-            write_file_atomic(target, self.read_bytes(rel))
+            write_local_atomic(target, self.read_bytes(rel), single_writer=True)
             return
         for name in (self.files(rel) if self.exists(rel) else {}):
-            write_file_atomic(target / name, self.read_bytes(f"{rel}/{name}"))
+            write_local_atomic(target / name, self.read_bytes(f"{rel}/{name}"), single_writer=True)
 
     # -- reads --------------------------------------------------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from datajobs.errors import ConfigError
+from datajobs.store import write_local_atomic
 from trainer import bundle as bundles
 from trainer.predict import pick_device
 
@@ -20,12 +20,7 @@ Invalid graphs (possible only with --no-constraints) are written as empty lines,
 
 def write_samples(smiles: list[str | None], out: Path) -> str:
     """Write one SMILES per line atomically; returns a one-line summary."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(f"{s or ''}\n" for s in smiles))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(out)
+    write_local_atomic(out, "".join(f"{s or ''}\n" for s in smiles).encode())
     valid = sum(s is not None for s in smiles)
     return f"wrote {len(smiles)} samples ({valid} valid, {len(set(s for s in smiles if s))} unique) to {out}"
 

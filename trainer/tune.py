@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from datajobs.errors import AstrobioError, ConfigError, require
+from datajobs.store import write_local_atomic
 
 log = logging.getLogger("astrobio.tune")
 
@@ -418,7 +419,7 @@ class Tuner:
         run = self.trial_dir(trial.number)
         run.mkdir(parents=True, exist_ok=True)
         config_path = run / "trial-config.yaml"
-        _write_atomic(config_path, yaml.safe_dump(raw, sort_keys=False))
+        write_local_atomic(config_path, yaml.safe_dump(raw, sort_keys=False).encode())
         trial.set_user_attr("run_dir", str(run))
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
         cmd = [sys.executable, "-m", "trainer.cli", "run", "-c", str(config_path)]
@@ -507,15 +508,6 @@ def _dropped(count: int) -> str:
             f"another were closed as failed without a run and are not listed)")
 
 
-def _write_atomic(path: Path, text: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def _save_figure(ax: Any, path: Path) -> None:
     fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
     fig.set_size_inches(7, 4.5)
@@ -545,7 +537,7 @@ def write_tune_report(study: Any, tuner: Tuner) -> Path:
     best = study.best_trial
     best_values = {p.key: best.params[p.key] for p in space.params if p.key in best.params}
     best_raw = tuner.trial_config(best_values, tuner.base_run_dir, f"{tuner.study_name}-best", True)
-    _write_atomic(out / "best-config.yaml", yaml.safe_dump(best_raw, sort_keys=False))
+    write_local_atomic(out / "best-config.yaml", yaml.safe_dump(best_raw, sort_keys=False).encode())
     lines = [f"# Tune report: study {tuner.study_name}", "",
              f"Objective: {space.metric} ({space.direction}), the best evaluation of each trial on the "
              f"validation split (the test split is never used here). Search space: `{space.path}`. Storage: "
@@ -591,7 +583,7 @@ def write_tune_report(study: Any, tuner: Tuner) -> Path:
                  *(repr(t.params[k]) if k in t.params else "" for k in keys), note.replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     path = out / "tune-report.md"
-    _write_atomic(path, "\n".join(lines) + "\n")
+    write_local_atomic(path, ("\n".join(lines) + "\n").encode())
     return path
 
 

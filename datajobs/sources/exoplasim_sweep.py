@@ -51,7 +51,7 @@ from datajobs.card import card
 from datajobs.config import SourceConfig
 from datajobs.errors import AstrobioError, DataError, MissingExtraError
 from datajobs.job import Context, Product, snapshot_path
-from datajobs.store import Shard
+from datajobs.store import Shard, write_local_atomic
 
 DESCRIPTION = "ExoPlaSim GCM sweep over stellar flux, star, rotation, atmosphere, gravity, radius, surface"
 SNAPSHOT = snapshot_path("exoplasim_sweep", "runs.json")
@@ -258,7 +258,7 @@ def execute(spec: dict[str, Any]) -> None:
     meta = {"id": spec["id"], "params": params, "settings": settings, "warm_start_from": spec.get("warm_from"),
             "spinup_days_run": spinup, "wall_s": round(finished - started, 1),
             "spinup_wall_s": round(spun_up - started, 1), "coords": coords}
-    _write_bytes(out / "meta.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    write_local_atomic(out / "meta.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     os.replace(out, spec["final_dir"])  # the run appears finished whole, or not at all
 
 
@@ -281,19 +281,10 @@ def _read_output(path: Path, settings: dict[str, Any]) -> tuple[dict[str, np.nda
     return arrays, coords
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    _write_bytes(path, buf.getvalue())
+    write_local_atomic(path, buf.getvalue())
 
 
 # -- the sweep -----------------------------------------------------------------------------------
@@ -501,7 +492,7 @@ def run_share(cfg: Config, index: int, count: int, log) -> None:
     done.mkdir(parents=True, exist_ok=True)
     record = {"index": index, "count": count, "finished": [m["id"] for m in metas], "failed": failures,
               "wall_s": round(wall, 1)}
-    _write_bytes(done / f"{index}.json", (json.dumps(record, indent=2) + "\n").encode())
+    write_local_atomic(done / f"{index}.json", (json.dumps(record, indent=2) + "\n").encode())
     log.info("share done", extra={"share": index, "count": count, "finished": len(metas), "failed": len(failures),
                                   "publisher_index": count})
 
@@ -625,7 +616,7 @@ def bundle(cache: Path, examples: Path | None, out: Path, notes: list[str]) -> i
         runs.append({**info, "kind": "example", "coords": coords, "params": {
             **info["params"], "star_wien_teff": star_wien_teff(info["params"]["star"])}, "source_file": name})
     index = {"runs": runs, "notes": notes}
-    _write_bytes(out / "runs.json", (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
+    write_local_atomic(out / "runs.json", (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
     return len(runs)
 
 

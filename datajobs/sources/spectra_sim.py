@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from datajobs.forward_model import R_JUP, WASP39B, ForwardModel, bin_matrix, iso
 from datajobs.job import Context, Product
 from datajobs.logs import track
 from datajobs.spectra_reference import load_wasp39b
-from datajobs.store import Shard, resolve_root
+from datajobs.store import Shard, resolve_root, write_local_atomic
 
 DESCRIPTION = "simulated JWST transmission spectra (forward model + real WASP-39b bins and error bars)"
 SNAPSHOT = None
@@ -137,15 +136,6 @@ def _work_dir(ctx: Context, cfg: Config) -> Path:
     return base.expanduser() / _settings_digest(cfg)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def _read_chunk(path: Path, rows: int) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -171,12 +161,12 @@ def build(ctx: Context) -> Product:
         if cfg.workers == 1:
             _init_worker(cfg_json)
             for i in track(todo, "spectra-sim chunks"):
-                _write_atomic(paths[i], _chunk(i))
+                write_local_atomic(paths[i], _chunk(i))
         else:
             with ProcessPoolExecutor(cfg.workers, initializer=_init_worker, initargs=(cfg_json,)) as pool:
                 for i, data in track(zip(todo, pool.map(_chunk, todo), strict=True), "spectra-sim chunks",
                                      total=len(todo)):
-                    _write_atomic(paths[i], data)
+                    write_local_atomic(paths[i], data)
     chunks = [_read_chunk(p, r) for p, r in zip(paths, rows, strict=True)]
     if any(c is None for c in chunks):
         raise DataError(f"a chunk in {work} is unreadable after writing; rerun `astrobio-data run spectra-sim`")
