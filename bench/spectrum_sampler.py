@@ -33,7 +33,7 @@ def wasp39b_prism() -> dict[str, np.ndarray]:
 
 
 def test_spectra(root: str, n: int, split_seed: int = 0, val: float = 0.1, test: float = 0.1) -> list[dict]:
-    """The first n held-out (test-split) simulated PRISM spectra of spectra-sim@latest."""
+    """The first n held-out (test-split) simulated PRISM-only spectra of spectra-sim@latest."""
     import io
 
     from trainer.components.spectrum import split_of
@@ -42,10 +42,12 @@ def test_spectra(root: str, n: int, split_seed: int = 0, val: float = 0.1, test:
     shards = sorted(s for s in version.shards("npz") if s.startswith("spectra-"))
     with np.load(io.BytesIO(version.read_bytes(shards[0])), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    bins = instrument_bins(version.read_json("simulation.json")["modes"])
+    sim = version.read_json("simulation.json")
+    bins = instrument_bins(sim["modes"])
+    prism_only = sim["mode_sets"].index(["prism"])
     out = []
     for i in range(len(arrays["params"])):
-        if split_of(i, split_seed, val, test) == "test" and arrays["mode"][i] == 0:
+        if split_of(i, split_seed, val, test) == "test" and arrays["mode"][i] == prism_only:
             m = arrays["mask"][i]
             out.append({"index": i, "params": arrays["params"][i], "wavelength_um": bins["wavelength_um"][m],
                         "half_width_um": bins["half_width_um"][m], "depth": arrays["depth"][i][m],
@@ -59,6 +61,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from trainer.sampler_baseline import run_sampler
 
     args.out.mkdir(parents=True, exist_ok=True)
+    priors = Store(args.root).open("spectra-sim@latest").read_json("simulation.json")["priors"]
     targets = [] if args.no_wasp39b else [("wasp39b", wasp39b_prism(), None)]
     targets += [
         (f"test-{s['index']}", s, s["params"]) for s in test_spectra(args.root, args.n_test)]
@@ -67,8 +70,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         if path.is_file():
             continue
         r = run_sampler(spec["wavelength_um"], spec["half_width_um"], spec["depth"], spec["error"],
-                        n_layers=args.n_layers, nlive=args.nlive, dlogz=args.dlogz,
-                        bootstrap=args.bootstrap)
+                        priors={k: tuple(v) for k, v in priors.items()}, n_layers=args.n_layers, nlive=args.nlive,
+                        dlogz=args.dlogz, bootstrap=args.bootstrap)
         np.savez(path, samples=r.samples, seconds=r.seconds, calls=r.likelihood_calls, logz=r.log_evidence,
                  truth=np.full(len(PARAMETERS), np.nan) if truth is None else truth)
         print(f"{name}: {r.seconds:.0f} s, {r.likelihood_calls} likelihood calls", flush=True)

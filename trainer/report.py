@@ -40,7 +40,9 @@ def plot_losses(records: list[dict], out: Path) -> bool:
         ax.plot(*zip(*evals, strict=True), "o-", label="validation", markersize=3)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    values = [v for _, v in train + evals]
+    # a negative log-likelihood can go below zero, which a log axis would silently drop
+    ax.set_yscale("log" if min(values) > 0 else "symlog")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -28,10 +28,12 @@ MODES = {"prism": ("nirspec_prism",), "g395h": ("nirspec_g395h_nrs1", "nirspec_g
 PARAMETERS = ("temperature", "log_h2o", "log_co2", "log_ch4", "log_co", "log_p_cloud", "radius")
 UNITS = {"temperature": "K", "log_h2o": "log10 VMR", "log_co2": "log10 VMR", "log_ch4": "log10 VMR",
          "log_co": "log10 VMR", "log_p_cloud": "log10 Pa", "radius": "Jupiter radii"}
-# uniform priors; T around WASP-39b's T_eq ~1170 K, abundances over 7 dex, cloud top from 0.1 Pa to the 10-bar base
-PRIORS = {"temperature": (500.0, 2000.0), "log_h2o": (-8.0, -1.0), "log_co2": (-8.0, -1.0), "log_ch4": (-8.0, -1.0),
+# uniform priors. Temperature: isothermal fits to hot-Jupiter limbs come out well below T_eq (MacDonald, Goyal &
+# Lewis 2020, ApJL 893, L43); WASP-39b's T_eq is ~1170 K and a least-squares fit of this model to its PRISM
+# spectrum lands near 420 K, so the box reaches down to 300 K. Abundances over 7 dex, cloud top 0.1 Pa to 10 bar.
+PRIORS = {"temperature": (300.0, 2000.0), "log_h2o": (-8.0, -1.0), "log_co2": (-8.0, -1.0), "log_ch4": (-8.0, -1.0),
           "log_co": (-8.0, -1.0), "log_p_cloud": (-1.0, 6.0), "radius": (1.15, 1.40)}
-CHUNK_FORMAT = 1
+CHUNK_FORMAT = 2  # 2: `mode` indexes mode_sets (a spectrum may hold several modes)
 
 
 class Config(SourceConfig):
@@ -40,7 +42,10 @@ class Config(SourceConfig):
     batch_size: int = Field(50, gt=0, description="spectra per vectorised forward-model call")
     workers: int = Field(2, ge=1, description="processes")
     seed: int = Field(0, description="the same seed (and settings) gives the same spectra, whatever `workers`")
-    modes: list[str] = Field(default_factory=lambda: ["prism", "g395h"], min_length=1)
+    modes: list[str] = Field(default_factory=lambda: ["prism", "g395h"], min_length=1,
+                             description="instrument modes whose bins the set holds")
+    mode_sets: list[list[str]] | None = Field(None, description="mode combinations a spectrum is observed in, "
+                                              "drawn uniformly; default each mode alone and all together")
     priors: dict[str, tuple[float, float]] = Field(default_factory=lambda: dict(PRIORS),
                                                    description="uniform [low, high] per parameter")
     n_layers: int = Field(50, ge=10, description="atmosphere layers (log-spaced 10 bar .. 1e-9 bar)")
@@ -54,6 +59,24 @@ class Config(SourceConfig):
         if bad:
             raise ValueError(f"unknown mode {bad[0]!r}; choose from {', '.join(MODES)}")
         return v
+
+    @field_validator("mode_sets")
+    @classmethod
+    def _known_sets(cls, v: list[list[str]] | None) -> list[list[str]] | None:
+        for group in v or []:
+            bad = [m for m in group if m not in MODES]
+            if not group or bad:
+                raise ValueError(f"mode set {group} is empty or names an unknown mode; choose from {', '.join(MODES)}")
+        return v
+
+    def observed_sets(self) -> list[list[str]]:
+        """The mode combinations spectra are drawn in (each a subset of `modes`)."""
+        if self.mode_sets is not None:
+            extra = sorted({m for g in self.mode_sets for m in g} - set(self.modes))
+            if extra:
+                raise DataError(f"spectra-sim.mode_sets names {extra[0]!r}, which is not in spectra-sim.modes")
+            return self.mode_sets
+        return [[m] for m in self.modes] + ([list(self.modes)] if len(self.modes) > 1 else [])
 
     @field_validator("priors")
     @classmethod
@@ -111,10 +134,12 @@ def _chunk(index: int) -> bytes:
     n = min(cfg.chunk_size, cfg.n_spectra - index * cfg.chunk_size)
     rng = np.random.default_rng([cfg.seed, index])
     params = sample_priors(rng, cfg.priors, n)
-    mode = rng.integers(0, len(cfg.modes), size=n).astype(np.int8)
+    sets = cfg.observed_sets()
+    mode = rng.integers(0, len(sets), size=n).astype(np.int8)
     clean = np.concatenate([simulate(_WORKER["fm"], _WORKER["matrix"], params[i:i + cfg.batch_size])  # type: ignore[arg-type]
                             for i in range(0, n, cfg.batch_size)])
-    mask = bins["mode"][None, :] == mode[:, None]
+    set_mask = np.stack([np.isin(bins["mode"], [cfg.modes.index(m) for m in group]) for group in sets])
+    mask = set_mask[mode]
     error = np.broadcast_to(bins["error"] * cfg.noise_scale, clean.shape)
     noisy = clean + rng.standard_normal(clean.shape) * error
     buf = io.BytesIO()
@@ -126,6 +151,7 @@ def _chunk(index: int) -> bytes:
 def _settings_digest(cfg: Config) -> str:
     # n_spectra is not part of it: raising it reuses the chunks already made (each chunk is checked for its size)
     keep = cfg.model_dump(exclude={"workers", "work_dir", "http", "max_invalid_share", "batch_size", "n_spectra"})
+    keep["chunk_format"] = CHUNK_FORMAT
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -149,6 +175,7 @@ def build(ctx: Context) -> Product:
     cfg: Config = ctx.config  # type: ignore[assignment]
     if ctx.mode != "live":
         raise DataError("spectra-sim simulates; run it without --from-snapshot/--from-file")
+    sets = cfg.observed_sets()
     work = _work_dir(ctx, cfg)
     work.mkdir(parents=True, exist_ok=True)
     n_chunks = -(-cfg.n_spectra // cfg.chunk_size)
@@ -192,7 +219,7 @@ def build(ctx: Context) -> Product:
     bbuf = io.BytesIO()
     np.savez(bbuf, **bins)
     meta = {"parameters": list(PARAMETERS), "units": UNITS, "priors": {k: list(v) for k, v in cfg.priors.items()},
-            "modes": cfg.modes, "planet": {"radius_m": WASP39B.radius_m, "mass_kg": WASP39B.mass_kg,
+            "modes": cfg.modes, "mode_sets": sets, "planet": {"radius_m": WASP39B.radius_m, "mass_kg": WASP39B.mass_kg,
                                            "star_radius_m": WASP39B.star_radius_m, "p_base_pa": WASP39B.p_base,
                                            "p_top_pa": WASP39B.p_top, "fill": WASP39B.fill},
             "noise": {"kind": "gaussian, independent per bin", "sigma": "real WASP-39b error bar x noise_scale",
@@ -210,8 +237,8 @@ def build(ctx: Context) -> Product:
              rows={"spectra": int(good.sum()), "bins (all modes)": len(bins["mode"])},
              quarantined={"non-finite spectrum": bad},
              columns=[("params", "float64 (n, 7)", "; ".join(f"{p} [{UNITS[p]}]" for p in PARAMETERS)),
-                      ("mode", "int8 (n,)", "index into modes: " + ", ".join(cfg.modes)),
-                      ("mask", "bool (n, bins)", "bins observed in this spectrum's mode"),
+                      ("mode", "int8 (n,)", "index into the mode sets: " + "; ".join("+".join(g) for g in sets)),
+                      ("mask", "bool (n, bins)", "bins observed in this spectrum's mode set"),
                       ("depth", "float64 (n, bins)", "noisy transit depth (Rp/Rs)^2, 0 where masked"),
                       ("depth_true", "float64 (n, bins)", "noise-free depth"),
                       ("error", "float64 (n, bins)", "1-sigma noise of each bin, 0 where masked")],

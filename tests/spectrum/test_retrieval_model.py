@@ -44,7 +44,26 @@ def test_masked_bins_do_not_change_the_output() -> None:
     x = torch.randn(2, 3, 20)
     x[:, 2] = 1.0
     x[:, 2, 10:] = 0.0
-    x[:, :2, 10:] = 0.0
     theta = torch.randn(2, 3)
     a = model(x, theta)
     assert torch.isfinite(a).all() and a.shape == (2,)
+    junk = x.clone()
+    junk[:, :2, 10:] = 7.0  # whatever sits in a masked bin is ignored
+    torch.testing.assert_close(model(junk, theta), a)
+    x[:, 0, 3] += 1.0  # an observed bin is not
+    assert (model(x, theta) - a).abs().min() > 1e-6
+
+
+def test_encoder_separates_the_mean_level_from_the_features() -> None:
+    """A constant added to every observed depth (a larger radius) moves only the level input; the relative
+    features the convolutions see are unchanged and scaled by relative_gain."""
+    encoder = RetrievalModel(n_bins=12, n_params=2, channels=4, context=8, hidden=8, layers=2,
+                             relative_gain=5.0).encoder
+    x = torch.randn(3, 3, 12)
+    x[:, 2] = (torch.arange(12) < 9).float()
+    level, features = encoder.split_level(x)
+    shifted_level, shifted = encoder.split_level(torch.cat([x[:, :1] + 0.8, x[:, 1:]], dim=1))
+    torch.testing.assert_close(shifted, features)
+    torch.testing.assert_close(shifted_level, level + 0.8)
+    torch.testing.assert_close(features[:, 0, :9], 5.0 * (x[:, 0, :9] - x[:, 0, :9].mean(dim=1, keepdim=True)))
+    assert features[:, :, 9:].abs().max() == 0

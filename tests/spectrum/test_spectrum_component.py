@@ -124,7 +124,6 @@ def test_the_uniform_prior_is_the_flows_standard_normal_base(trained: Path) -> N
     """The probit map: prior draws become N(0, 1) latents (what an uninformative posterior must look like to the
     flow) and map back to themselves inside the prior box."""
     comp = load_bundle(trained / "best", "cpu").component
-    assert comp.latent == "probit"
     rng = np.random.default_rng(0)
     params = comp.lo + (comp.hi - comp.lo) * rng.uniform(size=(20000, len(comp.parameters)))
     z = comp.to_latent(params)
@@ -132,6 +131,23 @@ def test_the_uniform_prior_is_the_flows_standard_normal_base(trained: Path) -> N
     assert np.abs(np.mean(np.abs(z) > 1.96, axis=0) - 0.05).max() < 0.01  # Gaussian tails, not logistic (0.13)
     np.testing.assert_allclose(comp.from_latent(z.astype(float)), params, rtol=1e-4,
                                atol=1e-5 * float((comp.hi - comp.lo).max()))
+
+
+def test_a_bundle_with_the_old_input_scaling_is_refused_with_the_retrain_command(trained: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Bundles made before 2026-12-03 scaled each bin by its own training spread and have no relative_gain;
+    their weights do not fit the current encoder, so loading one must stop with one line, not give numbers."""
+    import shutil
+
+    from datajobs.errors import DataError
+
+    old = tmp_path / "old-bundle"
+    shutil.copytree(trained / "best", old)
+    state = json.loads((old / "component.json").read_text())
+    del state["meta"]["input"]
+    (old / "component.json").write_text(json.dumps(state))
+    with pytest.raises(DataError, match=r"retrain it: astrobio-train run -c configs/spectrum\.yaml"):
+        load_bundle(old, "cpu")
 
 
 @pytest.mark.slow

@@ -55,6 +55,10 @@ class SpectrumModelConfig(ModelConfig):
                                  "('lo-hi,...'; SO2 at 4.05 um is not in the forward model); '' = none")
 
 
+# bundle input format: 2 = one global depth scale + level/relative split in the encoder (2026-12-03)
+INPUT_FORMAT = 2
+
+
 def split_of(index: int, seed: int, val: float, test: float) -> str:
     u = int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "big") / 2**64
     return "test" if u < test else "val" if u < test + val else "train"
@@ -79,18 +83,15 @@ class SpectrumComponent(Component):
         return np.stack([x * m, e * m, m], axis=1).astype(np.float32)
 
     # The prior box maps to the real line by the probit (inverse normal CDF): the uniform prior becomes the
-    # flow's standard-normal base, so an uninformative posterior is the identity flow. The logit (bundles made
-    # before 2026-12-03) maps it to a logistic with exponential tails, which an affine flow on a Gaussian base
-    # cannot reach: the 95% interval of an unconstrained parameter came out too narrow (coverage 0.74).
-    latent: str = "probit"
-
+    # flow's standard-normal base, so an uninformative posterior is the identity flow. (A logit map, used before
+    # 2026-12-03, makes it a logistic with exponential tails, which an affine flow on a Gaussian base cannot
+    # reach: the 95% interval of an unconstrained parameter came out too narrow, coverage 0.74.)
     def to_latent(self, params: np.ndarray) -> np.ndarray:
         u = np.clip((params - self.lo) / (self.hi - self.lo), 1e-6, 1 - 1e-6)
-        return (ndtri(u) if self.latent == "probit" else np.log(u / (1 - u))).astype(np.float32)
+        return ndtri(u).astype(np.float32)
 
     def from_latent(self, z: np.ndarray) -> np.ndarray:
-        u = ndtr(z) if self.latent == "probit" else 0.5 * (1 + np.tanh(0.5 * z))
-        return self.lo + (self.hi - self.lo) * u
+        return self.lo + (self.hi - self.lo) * ndtr(z)
 
     # -- data ----------------------------------------------------------------------------------
     def build_data(self, store: Store) -> ComponentData:
@@ -117,9 +118,14 @@ class SpectrumComponent(Component):
                 raise DataError(f"{version.ref}: its bins/parameters differ from the bundle's; evaluate on a "
                                 "spectra-sim version made with the same modes")
         else:
-            depth = np.where(mask, data["depth"], np.nan)
-            self.depth_mean = np.nan_to_num(np.nanmean(depth[train], axis=0), nan=0.0)
-            self.depth_std = np.nan_to_num(np.nanstd(depth[train], axis=0), nan=1.0) + 1e-9
+            # one scale for every bin (so a spectrum's shape survives scaling); the encoder separates the mean
+            # level from the features and multiplies the features by relative_gain (their spread -> ~1)
+            observed = data["depth"][train][mask[train]]
+            self.depth_mean = np.array([observed.mean()])
+            self.depth_std = np.array([observed.std() + 1e-12])
+            level = (np.where(mask, data["depth"], 0.0).sum(axis=1) / mask.sum(axis=1).clip(min=1))[:, None]
+            relative = (data["depth"] - level)[train][mask[train]]
+            self.relative_gain = np.array([self.depth_std[0] / (relative.std() + 1e-12)])
             self.parameters = list(sim["parameters"])
             self.units = dict(sim["units"])
             self.lo = np.array([sim["priors"][p][0] for p in self.parameters])
@@ -151,20 +157,23 @@ class SpectrumComponent(Component):
 
     # -- bundle state ----------------------------------------------------------------------------
     def state(self) -> ComponentState:
-        meta = {"parameters": self.parameters, "units": self.units, "modes": self.modes, "latent": self.latent,
+        meta = {"parameters": self.parameters, "units": self.units, "modes": self.modes, "input": INPUT_FORMAT,
                 "priors": {p: [float(lo), float(hi)] for p, lo, hi in zip(self.parameters, self.lo, self.hi,
                                                                             strict=True)}}
-        arrays = {"depth_mean": self.depth_mean, "depth_std": self.depth_std, "bin_wavelength": self.bin_wavelength,
-                  "bin_half_width": self.bin_half_width, "bin_mode": self.bin_mode}
+        arrays = {"depth_mean": self.depth_mean, "depth_std": self.depth_std, "relative_gain": self.relative_gain,
+                  "bin_wavelength": self.bin_wavelength, "bin_half_width": self.bin_half_width,
+                  "bin_mode": self.bin_mode}
         return ComponentState(meta=meta, arrays=arrays)
 
     def load_state(self, state: ComponentState) -> None:
         meta, arrays = state.meta, state.arrays
+        if meta.get("input") != INPUT_FORMAT:
+            raise DataError("this spectrum bundle predates the current input scaling (made before 2026-12-03); "
+                            "retrain it: astrobio-train run -c configs/spectrum.yaml")
         self.parameters, self.units, self.modes = list(meta["parameters"]), dict(meta["units"]), list(meta["modes"])
-        self.latent = str(meta.get("latent", "logit"))
         self.lo = np.array([meta["priors"][p][0] for p in self.parameters])
         self.hi = np.array([meta["priors"][p][1] for p in self.parameters])
-        for k in ("depth_mean", "depth_std", "bin_wavelength", "bin_half_width", "bin_mode"):
+        for k in ("depth_mean", "depth_std", "relative_gain", "bin_wavelength", "bin_half_width", "bin_mode"):
             setattr(self, k, np.asarray(arrays[k]))
         self.frozen = True
 
@@ -175,7 +184,7 @@ class SpectrumComponent(Component):
     def build_model(self, data: ComponentData | None) -> nn.Module:
         cfg: SpectrumModelConfig = self.model_cfg
         return RetrievalModel(len(self.bin_wavelength), len(self.parameters), cfg.channels, cfg.context, cfg.hidden,
-                              cfg.flow_layers)
+                              cfg.flow_layers, float(self.relative_gain[0]))
 
     def training_step(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y, draw = batch

@@ -1,5 +1,9 @@
 """Retrieval network: a 1-D CNN over (depth, uncertainty, mask) per bin conditioning an affine-coupling flow.
 
+The encoder splits each spectrum into its mean depth over the observed bins (set mostly by the planet radius) and
+the depths relative to that mean (the absorption features), so the convolutions see features at their own scale
+instead of riding on a level that varies more across the training set than the features do.
+
 The flow (RealNVP, Dinh et al. 2017) maps standardised parameters theta to a standard normal z with conditional
 affine couplings and fixed permutations; its log-density and its inverse (sampling) are exact and cheap, which
 is what a posterior needs (ADC2023's best entries were flows). Masked bins enter as zeros with mask 0, so one
@@ -15,21 +19,31 @@ from torch import nn
 
 
 class SpectrumEncoder(nn.Module):
-    """(B, 3, nbins) -> (B, context)."""
+    """(B, 3, nbins) -> (B, context). Input channels: depth and 1-sigma error (both in one global scale) and the
+    observed mask; `relative_gain` rescales depths relative to the spectrum's mean to about unit spread."""
 
-    def __init__(self, n_bins: int, channels: int, context: int) -> None:
+    def __init__(self, n_bins: int, channels: int, context: int, relative_gain: float = 1.0) -> None:
         super().__init__()
+        self.register_buffer("relative_gain", torch.tensor(float(relative_gain)))
         self.conv = nn.Sequential(
             nn.Conv1d(3, channels, 5, padding=2), nn.GELU(),
             nn.Conv1d(channels, channels, 5, padding=2, stride=2), nn.GELU(),
             nn.Conv1d(channels, channels, 5, padding=2, stride=2), nn.GELU(),
         )
         reduced = math.ceil(math.ceil(n_bins / 2) / 2)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * reduced, context), nn.GELU(),
-                                  nn.Linear(context, context))
+        self.flatten = nn.Flatten()
+        self.head = nn.Sequential(nn.Linear(channels * reduced + 1, context), nn.GELU(), nn.Linear(context, context))
+
+    def split_level(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, nbins) -> (B, 1) mean depth over observed bins and (B, 3, nbins) relative depth, error, mask."""
+        mask = x[:, 2]
+        level = (x[:, 0] * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+        relative = (x[:, 0] - level) * mask * self.relative_gain
+        return level, torch.stack([relative, x[:, 1] * mask * self.relative_gain, mask], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.conv(x))
+        level, features = self.split_level(x)
+        return self.head(torch.cat([self.flatten(self.conv(features)), level], dim=1))
 
 
 class AffineCoupling(nn.Module):
@@ -98,9 +112,9 @@ class RetrievalModel(nn.Module):
     """Spectrum (B, 3, nbins) -> conditional flow over standardised parameters."""
 
     def __init__(self, n_bins: int, n_params: int, channels: int = 32, context: int = 64, hidden: int = 128,
-                 layers: int = 6) -> None:
+                 layers: int = 6, relative_gain: float = 1.0) -> None:
         super().__init__()
-        self.encoder = SpectrumEncoder(n_bins, channels, context)
+        self.encoder = SpectrumEncoder(n_bins, channels, context, relative_gain)
         self.flow = ConditionalFlow(n_params, context, hidden, layers)
 
     def forward(self, spectrum: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
