@@ -39,6 +39,19 @@ def test_log_density_integrates_to_one_in_2d_and_inverse_is_exact() -> None:
     assert torch.isfinite(flow.log_prob(samples, c.expand(2000, 3))).all()
 
 
+def test_every_parameter_depends_on_the_spectrum() -> None:
+    """Each parameter must be transformed by some coupling, or its posterior is the prior for every spectrum:
+    the same base draw under two contexts moves every coordinate of the sample."""
+    for dim, layers in ((7, 6), (7, 10), (3, 2), (2, 4)):
+        flow = randomised(ConditionalFlow(dim=dim, context=4, hidden=16, layers=layers))
+        contexts = torch.randn(2, 4)
+        a = flow.sample(contexts[:1], 50, torch.Generator().manual_seed(0))
+        b = flow.sample(contexts[1:], 50, torch.Generator().manual_seed(0))
+        moved = (a - b).abs().amax(dim=(0, 1))
+        still = torch.nonzero(moved <= 1e-3).ravel().tolist()
+        assert not still, f"dim={dim} layers={layers}: parameters {still} ignore the context"
+
+
 def test_masked_bins_do_not_change_the_output() -> None:
     model = randomised(RetrievalModel(n_bins=20, n_params=3, channels=4, context=8, hidden=8, layers=2))
     x = torch.randn(2, 3, 20)

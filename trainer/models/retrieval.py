@@ -74,7 +74,12 @@ class AffineCoupling(nn.Module):
 
 
 class ConditionalFlow(nn.Module):
-    """log p(theta | c) = log N(f(theta); 0, I) + log|det df/dtheta|."""
+    """log p(theta | c) = log N(f(theta); 0, I) + log|det df/dtheta|.
+
+    Couplings come in pairs with complementary masks on the same ordering, so each pair transforms every
+    parameter once; a fixed random permutation before each pair mixes which parameters condition which. (A
+    random permutation before every layer, as before 2026-12-03, left one parameter of seven untouched by all
+    six couplings: its posterior was the prior whatever the spectrum.)"""
 
     def __init__(self, dim: int, context: int, hidden: int, layers: int) -> None:
         super().__init__()
@@ -86,7 +91,8 @@ class ConditionalFlow(nn.Module):
                 m[(k % 2)::2] = 1.0
             masks.append(m)
         self.couplings = nn.ModuleList(AffineCoupling(m, context, hidden) for m in masks)
-        perms = [torch.randperm(dim, generator=torch.Generator().manual_seed(k)) for k in range(layers)]
+        perms = [torch.randperm(dim, generator=torch.Generator().manual_seed(k)) if k % 2 == 0 else torch.arange(dim)
+                 for k in range(layers)]
         self.register_buffer("perms", torch.stack(perms))
         self.register_buffer("inverse_perms", torch.stack([torch.argsort(p) for p in perms]))
 
