@@ -317,9 +317,15 @@ class Bundle:
         return out.to_pandas() if is_pandas else out
 
     def predict_file(self, input_path: str, output_path: str, *, skip_invalid: bool = False,
-                     progress: bool = False) -> str:
-        options = {"skip_invalid": skip_invalid, "domain": self.domain, "progress": progress}
-        return self.component.predict_file(self.model, input_path, output_path, self.device, options)
+                     progress: bool = False, options: dict[str, Any] | None = None) -> str:
+        """`options`: the component's own predict options (e.g. a spectrum's `samples`, `mask_um`)."""
+        unknown = sorted(set(options or {}) - set(self.component.predict_options))
+        if unknown:
+            allowed = ", ".join(self.component.predict_options) or "none"
+            raise DataError(f"component {self.component.name!r} has no predict option {unknown[0]!r} (options: "
+                            f"{allowed})")
+        merged = {**(options or {}), "skip_invalid": skip_invalid, "domain": self.domain, "progress": progress}
+        return self.component.predict_file(self.model, input_path, output_path, self.device, merged)
 
     def evaluate(self, store: Store, ref: str) -> list[ReportSection]:
         return self.component.evaluate(self.model, store, ref, self.device)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from datajobs.errors import ConfigError
 from datajobs.store import Store
 from trainer import bundle as bundles
 from trainer import components
@@ -20,6 +21,7 @@ examples:
   astrobio-train predict -m runs/planets --input my_planets.csv
   astrobio-train predict -m runs/planets/best --input planets.parquet --output with_masses.parquet
   cat my_planets.csv | astrobio-train predict -m runs/planets --input - --output - --skip-invalid
+  astrobio-train predict -m runs/spectrum --input spectrum.csv --option samples=5000 --option mask_um=3.9-4.2
 exit codes: 0 done, 2 invalid input rows (one line each on stderr) or a bad bundle/file.
 """
 
@@ -45,12 +47,24 @@ def default_output(input_path: str) -> str:
     return str(path.with_name(f"{path.stem}.predictions{path.suffix}"))
 
 
+def parse_options(items: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings -> dict; a malformed one stops with one line (exit 2)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r} is not KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    options = parse_options(args.option)
     model = bundles.load_bundle(args.model, pick_device(args.device))
     output = args.output or default_output(args.input)
     try:
         summary = model.predict_file(args.input, output, skip_invalid=args.skip_invalid,
-                                     progress=sys.stderr.isatty())
+                                     progress=sys.stderr.isatty(), options=options)
     except InvalidInput as exc:
         for line in problem_lines(exc.problems):
             print(line, file=sys.stderr)
@@ -124,6 +138,8 @@ def add_predict_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-invalid", action="store_true",
                    help="write invalid rows with empty predictions instead of stopping (exit 0, count printed)")
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu or cuda")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a component's predict option, repeatable (spectrum: samples, seed, mask_um, error_scale)")
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser(

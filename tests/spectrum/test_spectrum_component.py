@@ -56,6 +56,10 @@ def test_run_reports_r2_and_coverage(trained: Path) -> None:
     assert len(train_losses(trained)) == 80
     losses = train_losses(trained)
     assert np.mean([losses[s] for s in range(71, 81)]) < np.mean([losses[s] for s in range(1, 11)])
+    # coverage of the 95% intervals on the 60 held-out spectra (binomial sd ~0.03): an over-confident flow fails
+    metrics = json.loads((trained / "best" / "bundle.json").read_text())["metrics"]
+    coverage = {k: v for k, v in metrics.items() if k.startswith("coverage95_")}
+    assert len(coverage) == 7 and all(0.85 <= v <= 1.0 for v in coverage.values()), coverage
 
 
 @pytest.mark.slow
@@ -95,6 +99,19 @@ def test_cli_predict_on_the_bundled_wasp39b_spectrum(trained: Path, tmp_path: Pa
     table = pacsv.read_csv(out).to_pydict()
     assert len(table["median"]) == 7 and all(np.isfinite(table["median"]))
     assert json.loads(out.with_suffix(".json").read_text())["mask_um"] == [[3.9, 4.2]]  # SO2 masked by default
+    inflated = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(WASP39B_CSV),
+                        "--output", str(tmp_path / "inflated.csv"), "--option", "error_scale=1.5", "--option",
+                        "samples=50"])
+    assert inflated.returncode == 0, inflated.stderr
+    assert json.loads((tmp_path / "inflated.json").read_text())["error_scale"] == 1.5
+    with np.load(tmp_path / "inflated.samples.npz", allow_pickle=False) as z:
+        assert z["samples"].shape == (50, 7)
+    for option, says in (("colour=red", "no predict option 'colour'"), ("samples=many", "is not an integer"),
+                         ("error_scale=0", "must be > 0"), ("mask_um=4", "is not LOW-HIGH"), ("samples", "KEY=VALUE")):
+        proc = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(WASP39B_CSV),
+                        "--output", str(tmp_path / "x.csv"), "--option", option])
+        assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (
+            option, proc.stderr)
     bad = tmp_path / "bad.csv"
     bad.write_text("wavelength_um,depth_ppm\n1.0,20000\n")
     proc = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(bad),
@@ -118,6 +135,24 @@ def test_training_batches_get_a_fresh_noise_draw_and_validation_batches_none(tra
     silent = x.clone()
     silent[:, 1] = 0.0  # zero error bars: the draw adds nothing
     assert loss(silent, 1.0) == loss(silent, 0.0)
+
+
+def test_error_bar_inflation_scales_each_training_spectrum_by_one_factor(trained: Path) -> None:
+    comp = load_bundle(trained / "best", "cpu").component
+    comp.model_cfg = comp.model_cfg.model_copy(update={"noise_scale_max": 2.0})
+    x, _ = comp.read_spectrum(str(WASP39B_CSV), [])
+    x = torch.from_numpy(x).repeat(400, 1, 1)
+    draw = torch.cat([torch.ones(300), torch.zeros(100)])
+    torch.manual_seed(0)
+    out = comp.noisy_input(x, draw)
+    seen = x[:, 2] > 0
+    ratio = out[:, 1][seen].reshape(400, -1) / x[:, 1][seen].reshape(400, -1)
+    assert torch.allclose(ratio, ratio[:, :1])  # one factor per spectrum
+    factor = ratio[:300, 0]
+    assert factor.min() >= 1.0 and factor.max() <= 2.0 and factor.max() - factor.min() > 0.8
+    torch.testing.assert_close(out[300:], x[300:].float())  # stored spectra are left alone
+    pulls = ((out[:300, 0] - x[:300, 0]) / out[:300, 1])[seen[:300]]
+    assert abs(float(pulls.std()) - 1.0) < 0.02  # the noise follows the inflated error bars
 
 
 def test_the_uniform_prior_is_the_flows_standard_normal_base(trained: Path) -> None:

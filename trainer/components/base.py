@@ -109,6 +109,8 @@ class Component(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     model_config_cls: ClassVar[type[ModelConfig]] = ModelConfig
+    # names `astrobio-train predict --option KEY=VALUE` may pass to predict_file
+    predict_options: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[tuple[str, ...]] = ()  # e.g. ("cuda",) or optional extras such as ("graph",)
 
     def __init__(self, cfg: RunConfig) -> None:

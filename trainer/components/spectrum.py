@@ -51,6 +51,10 @@ class SpectrumModelConfig(ModelConfig):
     resample_noise: bool = Field(True, description="train on the noise-free depths (`depth_true`) plus a fresh "
                                  "Gaussian draw from the error bars at every step; validation and test keep the "
                                  "stored noisy spectra")
+    noise_scale_max: float = Field(1.0, ge=1.0, description="with resample_noise, each training spectrum's "
+                                   "error bars (input and noise draw) are multiplied by a factor drawn uniformly "
+                                   "from [1, noise_scale_max], so the model also serves spectra whose error bars "
+                                   "were inflated (predict --option error_scale=F); 1 = the simulated error bars")
     predict_mask_um: str = Field("3.9-4.2", description="wavelength ranges predict ignores by default "
                                  "('lo-hi,...'; SO2 at 4.05 um is not in the forward model); '' = none")
 
@@ -64,6 +68,20 @@ def split_of(index: int, seed: int, val: float, test: float) -> str:
     return "test" if u < test else "val" if u < test + val else "train"
 
 
+def _number(options: dict[str, Any], key: str, kind: type[int] | type[float], default: float) -> Any:
+    """A numeric predict option (given as text on the command line); a bad or non-positive one is one line."""
+    raw = options.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise DataError(f"predict option {key}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if key != "seed" and not value > 0:
+        raise DataError(f"predict option {key} must be > 0, not {raw!r}")
+    return value
+
+
 def _npz(data: bytes) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
@@ -73,6 +91,7 @@ class SpectrumComponent(Component):
     name = "spectrum"
     description = "atmospheric retrieval: transmission spectrum -> posterior (CNN + affine-coupling flow)"
     model_config_cls = SpectrumModelConfig
+    predict_options = ("samples", "seed", "mask_um", "error_scale")
 
     # -- inputs <-> model space ----------------------------------------------------------------
     def features(self, depth: np.ndarray, error: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -186,12 +205,21 @@ class SpectrumComponent(Component):
         return RetrievalModel(len(self.bin_wavelength), len(self.parameters), cfg.channels, cfg.context, cfg.hidden,
                               cfg.flow_layers, float(self.relative_gain[0]))
 
+    def noisy_input(self, x: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+        """Training input: where draw = 1, the error bars (channel 1) inflated by a factor from [1,
+        noise_scale_max] per spectrum and a Gaussian draw from them added to the depths (channel 0); rows with
+        draw = 0 (stored noisy spectra) pass unchanged."""
+        cfg: SpectrumModelConfig = self.model_cfg
+        x, draw = x.float(), draw.float()[:, None]
+        inflate = 1 + (cfg.noise_scale_max - 1) * torch.rand_like(x[:, 0, :1]) * draw
+        error = x[:, 1] * inflate
+        # channel 1 is error / depth_std and 0 where masked: a draw in the units of channel 0
+        noise = torch.randn_like(x[:, 0]) * error * draw
+        return torch.cat([(x[:, 0] + noise)[:, None], error[:, None], x[:, 2:]], dim=1)
+
     def training_step(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y, draw = batch
-        x = x.float()
-        # channel 1 is error / depth_std and 0 where masked: a draw in the units of channel 0
-        noise = torch.randn_like(x[:, 0]) * x[:, 1] * draw.float()[:, None]
-        x = torch.cat([(x[:, 0] + noise)[:, None], x[:, 1:]], dim=1)
+        x = self.noisy_input(x, draw)
         return StepOutput(loss=-model(x, y.float()).float().mean(), samples=x.shape[0])
 
     def flops_per_sample(self, model: nn.Module) -> float:
@@ -238,9 +266,11 @@ class SpectrumComponent(Component):
         return [ReportSection("Held-out retrieval (simulated spectra)", "\n".join(lines), metrics)]
 
     # -- predict -------------------------------------------------------------------------------
-    def read_spectrum(self, path: str, mask_um: list[tuple[float, float]]) -> tuple[np.ndarray, str]:
-        """A spectrum CSV (wavelength_um, depth or depth_ppm, error or error_ppm) -> features (1, 3, bins).
-        Each point goes to the training bin whose centre is within its half width; others are ignored."""
+    def read_spectrum(self, path: str, mask_um: list[tuple[float, float]], error_scale: float = 1.0
+                      ) -> tuple[np.ndarray, str]:
+        """A spectrum CSV (wavelength_um, depth or depth_ppm, error or error_ppm) -> features (1, 3, bins), the
+        error bars multiplied by `error_scale`. Each point goes to the training bin whose centre is within its
+        half width; others are ignored."""
         try:
             table = pacsv.read_csv(path)
         except (OSError, pa.ArrowInvalid) as exc:
@@ -253,7 +283,7 @@ class SpectrumComponent(Component):
             raise DataError(f"{path}: no column {missing[0]!r}; a spectrum CSV needs wavelength_um, depth "
                             "(or depth_ppm) and error (or error_ppm)")
         wl, d, e = (table[c].to_numpy().astype(float) for c in need)
-        d, e = d * scale, e * scale
+        d, e = d * scale, e * scale * error_scale
         bad = ~(np.isfinite(wl) & np.isfinite(d) & np.isfinite(e) & (e > 0))
         if bad.any():
             raise DataError(f"{path}: row {int(np.nonzero(bad)[0][0]) + 1} has a missing, non-finite or "
@@ -277,16 +307,23 @@ class SpectrumComponent(Component):
                      options: dict[str, Any]) -> str:
         """Spectrum CSV in -> posterior summary CSV at output_path, samples at <output stem>.samples.npz.
         Options: `samples` (int), `mask_um` ("3.9-4.2,..." wavelength ranges to ignore; default
-        model.predict_mask_um), `seed`."""
+        model.predict_mask_um), `seed`, `error_scale` (multiplies the file's error bars; a model trained with
+        noise_scale_max >= that factor has seen such spectra)."""
         cfg: SpectrumModelConfig = self.model_cfg
         ranges = []
         for part in str(options.get("mask_um", cfg.predict_mask_um) or "").split(","):
             if part.strip():
                 lo, _, hi = part.partition("-")
-                ranges.append((float(lo), float(hi)))
-        x, note = self.read_spectrum(input_path, ranges)
-        n = int(options.get("samples") or cfg.posterior_samples)
-        samples = self.posterior(model, x, n, device, seed=int(options.get("seed") or 0))[0]
+                try:
+                    ranges.append((float(lo), float(hi)))
+                except ValueError:
+                    raise DataError(f"predict option mask_um: {part.strip()!r} is not LOW-HIGH in um (e.g. "
+                                    "3.9-4.2)") from None
+        error_scale = _number(options, "error_scale", float, 1.0)
+        n = _number(options, "samples", int, cfg.posterior_samples)
+        seed = _number(options, "seed", int, 0)
+        x, note = self.read_spectrum(input_path, ranges, error_scale)
+        samples = self.posterior(model, x, n, device, seed=seed)[0]
         q = np.percentile(samples, [2.5, 16, 50, 84, 97.5], axis=0)
         summary = pa.table({
             "parameter": self.parameters, "unit": [self.units[p] for p in self.parameters],
@@ -304,5 +341,5 @@ class SpectrumComponent(Component):
         tmp.write_bytes(buf.getvalue())
         tmp.replace(samples_path)
         (out.with_suffix(".json")).write_text(json.dumps({"input": input_path, "points": note, "mask_um": ranges,
-                                                          "samples": n}) + "\n")
+                                                          "samples": n, "error_scale": error_scale}) + "\n")
         return f"posterior of {len(self.parameters)} parameters from {note}: {out} (+ {samples_path.name})"
