@@ -49,7 +49,8 @@ def test_spectra(root: str, n: int, split_seed: int = 0, val: float = 0.1, test:
         arrays = {k: z[k] for k in z.files}
     sim = version.read_json("simulation.json")
     bins = instrument_bins(sim["modes"])
-    prism_only = sim["mode_sets"].index(["prism"])
+    # sets made before mode_sets existed index `modes` directly, one mode per spectrum
+    prism_only = sim.get("mode_sets", [[m] for m in sim["modes"]]).index(["prism"])
     out = []
     for i in range(len(arrays["params"])):
         if len(out) >= n:

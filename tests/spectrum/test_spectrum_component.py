@@ -4,6 +4,8 @@ predict on the real WASP-39b spectrum."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 import yaml
 
 from datajobs.forward_model import SNAPSHOT
-from tests.conftest import BIN, REPO, free_port, run_cli, train_losses
+from tests.conftest import BIN, REPO, cli_env, free_port, require_module, run_cli, train_losses
 from trainer.bundle import load_bundle
 
 WASP39B_CSV = SNAPSHOT / "wasp39b_jwst_prism_g395h.csv"
@@ -202,3 +204,31 @@ def test_ddp_two_ranks_match_one_rank_with_the_same_global_batch(sim_root: Path,
     assert sorted(a) == sorted(b) == list(range(1, 41))
     worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
     assert worst < 1e-4, f"largest relative difference {worst:.2e}"
+
+
+@pytest.mark.slow
+def test_sampler_bench_compares_the_network_with_dynesty_on_a_held_out_spectrum(sim_root: Path, trained: Path,
+                                                                                 tmp_path: Path) -> None:
+    """bench.spectrum_sampler end to end, shortened: dynesty (15 live points, a loose stop) on one held-out
+    PRISM spectrum of the fixture set, then `compare` writes the KS table, the speed line and the calibration."""
+    require_module("dynesty", "the sampler baseline needs the science extra")
+    out = tmp_path / "cmp"
+
+    def bench(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bench.spectrum_sampler", *args], cwd=REPO, env=cli_env(),
+                              capture_output=True, text=True, timeout=600)
+
+    sample = bench("sample", "--root", str(sim_root), "--out", str(out), "--n-test", "1", "--no-wasp39b",
+                   "--n-layers", "16", "--nlive", "15", "--dlogz", "50", "--bootstrap", "0")
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    [done] = list(out.glob("sampler-test-*.npz"))
+    with np.load(done, allow_pickle=False) as z:
+        assert z["samples"].shape[1] == 7 and np.isfinite(z["truth"]).all()
+    compare = bench("compare", "--model", str(trained), "--root", str(sim_root), "--out", str(out))
+    assert compare.returncode == 0, compare.stderr[-3000:]
+    summary = json.loads((out / "sampler_comparison.json").read_text())
+    assert summary["names"] == [done.stem.removeprefix("sampler-")]
+    assert len(summary["ks"][0]) == 7 and all(0 < k <= 1 for k in summary["ks"][0])
+    assert summary["ks_simulated"] == pytest.approx(summary["ks_mean"])
+    text = (out / "sampler_comparison.md").read_text()
+    assert "Mean KS distance" in text and "Speed: sampler" in text and (out / "calibration.png").is_file()
