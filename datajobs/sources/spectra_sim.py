@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from datajobs.card import card
 from datajobs.config import SourceConfig
@@ -60,21 +60,17 @@ class Config(SourceConfig):
             raise ValueError(f"unknown mode {bad[0]!r}; choose from {', '.join(MODES)}")
         return v
 
-    @field_validator("mode_sets")
-    @classmethod
-    def _known_sets(cls, v: list[list[str]] | None) -> list[list[str]] | None:
-        for group in v or []:
-            bad = [m for m in group if m not in MODES]
-            if not group or bad:
-                raise ValueError(f"mode set {group} is empty or names an unknown mode; choose from {', '.join(MODES)}")
-        return v
+    @model_validator(mode="after")
+    def _sets_within_modes(self) -> Config:
+        for group in self.mode_sets or []:
+            extra = [m for m in group if m not in self.modes]
+            if not group or extra:
+                raise ValueError(f"mode set {group} is empty or names a mode not in modes {self.modes}")
+        return self
 
     def observed_sets(self) -> list[list[str]]:
         """The mode combinations spectra are drawn in (each a subset of `modes`)."""
         if self.mode_sets is not None:
-            extra = sorted({m for g in self.mode_sets for m in g} - set(self.modes))
-            if extra:
-                raise DataError(f"spectra-sim.mode_sets names {extra[0]!r}, which is not in spectra-sim.modes")
             return self.mode_sets
         return [[m] for m in self.modes] + ([list(self.modes)] if len(self.modes) > 1 else [])
 

@@ -114,3 +114,11 @@ def test_spectra_grid_imports_a_labelled_csv_and_npy(tmp_path) -> None:
     no_err = cli("run", "spectra-grid", "--from-file", str(tmp_path / "grid.npy"), "--root", str(tmp_path / "d3"),
                  "--config", str(bare), timeout=300)
     assert no_err.returncode == 2 and "set spectra-grid.error" in no_err.stderr
+
+
+def test_a_mode_set_outside_modes_stops_before_any_spectrum_is_made(tmp_path) -> None:
+    proc = cli("run", "spectra-sim", "--root", str(tmp_path / "data"),
+               "--config", config(tmp_path, modes=["prism"], mode_sets=[["prism"], ["g395h"]]))
+    assert proc.returncode == 2, proc.stderr
+    assert "mode set ['g395h'] is empty or names a mode not in modes ['prism']" in proc.stderr
+    assert not (tmp_path / "data" / "datasets").exists()
