@@ -35,9 +35,11 @@ train: venv  ## import the bundled real snapshots and train the planets model on
 	$(BIN)/astrobio-data run nasa-exoplanets --from-snapshot
 	$(BIN)/astrobio-train run -c configs/planets.yaml
 
-test: venv tools  ## lint and run the whole test suite
+# test files run side by side, each whole on one worker (its module fixtures are made once); 0 = one process
+TEST_WORKERS ?= 2
+test: venv tools  ## lint and run the whole test suite (TEST_WORKERS=2 processes)
 	$(BIN)/ruff check trainer datajobs tests bench
-	$(BIN)/python -m pytest -q -ra --durations=20
+	$(BIN)/python -m pytest -q -ra --durations=30 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: venv  ## ruff
 	$(BIN)/ruff check trainer datajobs tests bench
