@@ -2,6 +2,7 @@
 
     python -m bench.spectrum_sampler sample --root DATA --out DIR [--n-test 3]   # dynesty, slow
     python -m bench.spectrum_sampler compare --model RUN --root DATA --out DIR     # network, fast; writes DIR/*.md
+        [--importance N]  # also the network's N proposals reweighted by the forward model (slower)
 """
 
 from __future__ import annotations
@@ -91,12 +92,10 @@ def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(fa - fb).max())
 
 
-def calibration(root: str, comp, model, out: Path, n: int = 200) -> list[str]:
-    """Coverage of central intervals at several levels on held-out simulated spectra, as a PNG and a table."""
+def held_out_inputs(root: str, comp, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Network inputs and true parameters of the first n test-split spectra (any mode set) of the first shard of
+    spectra-sim@latest."""
     import io
-
-    import matplotlib.pyplot as plt
-    import torch
 
     from trainer.components.spectrum import split_of
 
@@ -105,10 +104,17 @@ def calibration(root: str, comp, model, out: Path, n: int = 200) -> list[str]:
     with np.load(io.BytesIO(version.read_bytes(shards[0])), allow_pickle=False) as z:
         a = {k: z[k] for k in z.files}
     idx = [i for i in range(len(a["params"])) if split_of(i, 0, 0.1, 0.1) == "test"][:n]
-    x = comp.features(a["depth"][idx], a["error"][idx], a["mask"][idx].astype(bool))
+    return comp.features(a["depth"][idx], a["error"][idx], a["mask"][idx].astype(bool)), a["params"][idx]
+
+
+def calibration(root: str, comp, model, out: Path, n: int = 200) -> list[str]:
+    """Coverage of central intervals at several levels on held-out simulated spectra, as a PNG and a table."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    x, truth = held_out_inputs(root, comp, n)
     samples = np.concatenate([comp.posterior(model, x[i:i + 50], 500, torch.device("cpu"), seed=i)
                               for i in range(0, len(x), 50)])
-    truth = a["params"][idx]
     levels = np.array([10, 20, 30, 40, 50, 60, 68, 80, 90, 95])
     cov = np.zeros((len(levels), len(comp.parameters)))
     for li, lev in enumerate(levels):
@@ -119,14 +125,37 @@ def calibration(root: str, comp, model, out: Path, n: int = 200) -> list[str]:
         ax.plot(levels / 100, cov[:, j], marker=".", label=p)
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set_xlabel("nominal central-interval level")
-    ax.set_ylabel(f"share of true values inside ({len(idx)} held-out spectra)")
+    ax.set_ylabel(f"share of true values inside ({len(x)} held-out spectra)")
     ax.legend(fontsize=7)
     fig.savefig(out / "calibration.png", dpi=90)
     plt.close(fig)
     rows = ["| parameter | 68% coverage | 95% coverage |", "|---|---|---|"]
     rows += [f"| {p} | {cov[6, j]:.3f} | {cov[9, j]:.3f} |" for j, p in enumerate(comp.parameters)]
-    return [f"### Calibration on {len(idx)} held-out simulated spectra", "", *rows, "",
+    return [f"### Calibration on {len(x)} held-out simulated spectra", "", *rows, "",
             "![calibration](calibration.png)", ""]
+
+
+def importance_calibration(root: str, comp, model, n_spectra: int, proposals: int) -> list[str]:
+    """Coverage of the importance-sampled posterior's central 68%/95% intervals on held-out simulated spectra
+    (the calibration set's first n_spectra), with the effective sample sizes."""
+    import torch
+
+    x, truth = held_out_inputs(root, comp, n_spectra)
+    inside = {68: [], 95: []}
+    effective = []
+    for k in range(len(x)):
+        r = comp.importance_posterior(model, x[k:k + 1], proposals, 1000, torch.device("cpu"), seed=k)
+        effective.append(r.effective_samples)
+        for level in inside:
+            lo, hi = np.percentile(r.samples, [50 - level / 2, 50 + level / 2], axis=0)
+            inside[level].append((truth[k] >= lo) & (truth[k] <= hi))
+    cov = {level: np.mean(v, axis=0) for level, v in inside.items()}
+    rows = ["| parameter | 68% coverage | 95% coverage |", "|---|---|---|"]
+    rows += [f"| {p} | {cov[68][j]:.3f} | {cov[95][j]:.3f} |" for j, p in enumerate(comp.parameters)]
+    return [f"### Calibration of the importance-sampled posterior on {len(x)} held-out simulated spectra "
+            f"({proposals} proposals each)", "", *rows, "",
+            f"Effective samples: median {np.median(effective):.0f}, min {np.min(effective):.0f}, max "
+            f"{np.max(effective):.0f} of {proposals}.", ""]
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -143,10 +172,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
     lines = ["| spectrum | " + " | ".join(comp.parameters) + " | mean KS | sampler s | network s |",
              "|---|" + "---|" * (len(comp.parameters) + 3)]
     ks_all, overlap_rows, speed, names = [], [], [], []
+    importance: list[dict] = []
+    is_lines = ["| spectrum | " + " | ".join(comp.parameters) + " | mean KS | effective samples | log Z (IS / "
+                "dynesty) | IS s |", "|---|" + "---|" * (len(comp.parameters) + 4)]
     for path in sorted(args.out.glob("sampler-*.npz")):
         name = path.stem.removeprefix("sampler-")
         with np.load(path, allow_pickle=False) as z:
-            ref, seconds = z["samples"], float(z["seconds"])
+            ref, seconds, logz = z["samples"], float(z["seconds"]), float(z["logz"])
         scale = float(name.removeprefix("wasp39b-errx")) if name.startswith("wasp39b-errx") else 1.0
         spec = wasp39b_prism(scale) if name.startswith("wasp39b") else next(
             s for s in test_spectra(args.root, 50) if f"test-{s['index']}" == name)
@@ -166,13 +198,23 @@ def cmd_compare(args: argparse.Namespace) -> None:
         speed.append((seconds, net_s))
         lines.append(f"| {name} | " + " | ".join(f"{k:.2f}" for k in ks) + f" | {np.mean(ks):.2f} | {seconds:.0f} | "
                      f"{net_s:.3f} |")
+        if args.importance:
+            r = comp.importance_posterior(bundle.model, x, args.importance, 1000, torch.device("cpu"))
+            ks_is = [ks_distance(r.samples[:, j], ref[:, j]) for j in range(len(comp.parameters))]
+            importance.append({"name": name, "ks": ks_is, "effective_samples": r.effective_samples,
+                               "seconds": r.seconds, "log_evidence": r.log_evidence, "sampler_log_evidence": logz,
+                               "sampler_seconds": seconds})
+            is_lines.append(f"| {name} | " + " | ".join(f"{k:.2f}" for k in ks_is) + f" | {np.mean(ks_is):.2f} | "
+                            f"{r.effective_samples:.0f} | {r.log_evidence:.1f} / {logz:.1f} | {r.seconds:.1f} |")
         if name.startswith("wasp39b"):
             n95 = np.percentile(net, [2.5, 97.5], axis=0)
             s95 = np.percentile(ref, [2.5, 97.5], axis=0)
+            i95 = np.percentile(r.samples, [2.5, 97.5], axis=0) if args.importance else None
             for j, p in enumerate(comp.parameters):
                 overlap = bool(n95[0, j] <= s95[1, j] and s95[0, j] <= n95[1, j])
+                with_is = "" if i95 is None else f" {i95[0, j]:.2f} .. {i95[1, j]:.2f} |"
                 overlap_rows.append(f"| {name} | {p} | {n95[0, j]:.2f} .. {n95[1, j]:.2f} | {s95[0, j]:.2f} .. "
-                                    f"{s95[1, j]:.2f} | {'yes' if overlap else 'no'} |")
+                                    f"{s95[1, j]:.2f} | {'yes' if overlap else 'no'} |{with_is}")
             k = len(comp.parameters)
             fig, axes = plt.subplots(k, k, figsize=(2 * k, 2 * k))
             for a in range(k):
@@ -184,9 +226,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
                     if a == b:
                         ax.hist(ref[:, a], 30, density=True, histtype="step", color="k", label="dynesty")
                         ax.hist(net[:, a], 30, density=True, histtype="step", color="C0", label="network")
+                        if args.importance:
+                            ax.hist(r.samples[:, a], 30, density=True, histtype="step", color="C3",
+                                    label="network + IS")
                     else:
                         ax.scatter(ref[:, b], ref[:, a], s=1, c="k", alpha=0.3)
                         ax.scatter(net[:, b], net[:, a], s=1, c="C0", alpha=0.3)
+                        if args.importance:
+                            ax.scatter(r.samples[:, b], r.samples[:, a], s=1, c="C3", alpha=0.3)
                     if a == k - 1:
                         ax.set_xlabel(comp.parameters[b], fontsize=7)
                     if b == 0 and a > 0:
@@ -194,7 +241,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
                     ax.tick_params(labelsize=5)
             axes[0, 0].legend(fontsize=6)
             errors = "" if scale == 1 else f", error bars x{scale:g}"
-            fig.suptitle(f"WASP-39b, NIRSpec PRISM (3.9-4.2 um masked{errors}): network (blue) vs dynesty (black)")
+            fig.suptitle(f"WASP-39b, NIRSpec PRISM (3.9-4.2 um masked{errors}): network (blue)"
+                         + (", network + IS (red)" if args.importance else "") + " vs dynesty (black)")
             fig.savefig(args.out / f"{name}_corner.png", dpi=90)
             plt.close(fig)
     ks_mean = float(np.mean(ks_all)) if ks_all else float("nan")
@@ -207,13 +255,25 @@ def cmd_compare(args: argparse.Namespace) -> None:
         ratio = np.mean([s / n for s, n in speed])
         md.append(f"Speed: sampler {np.mean([s for s, _ in speed]):.0f} s per spectrum vs network "
                   f"{np.mean([n for _, n in speed]):.3f} s for 1000 samples: {ratio:,.0f}x.")
+    if importance:
+        sim_is = [r["ks"] for r in importance if r["name"].startswith("test-")]
+        ratio_is = np.mean([r["sampler_seconds"] / r["seconds"] for r in importance])
+        md += ["", f"### Network + importance sampling ({args.importance} proposals reweighted by the forward "
+               "model, 1000 resampled)", "", *is_lines, "",
+               f"Mean KS: {np.mean([r['ks'] for r in importance]):.3f}; over the simulated spectra only: "
+               f"{np.mean(sim_is) if sim_is else float('nan'):.3f}. Speed vs the sampler: {ratio_is:,.0f}x."]
     md += ["", *calibration(args.root, comp, bundle.model, args.out)]
+    if args.importance_coverage:
+        md += importance_calibration(args.root, comp, bundle.model, args.importance_coverage,
+                                     args.importance_coverage_proposals)
     if overlap_rows:
         corners = [f"![{p.stem}]({p.stem}_corner.png)" for p in sorted(args.out.glob("sampler-wasp39b*.npz"))]
-        md += ["", "### WASP-39b 95% intervals", "", "| target | parameter | network | dynesty | overlap |",
-               "|---|---|---|---|---|", *overlap_rows, "", *[c.replace("sampler-", "") for c in corners]]
+        md += ["", "### WASP-39b 95% intervals", "", "| target | parameter | network | dynesty | overlap |"
+               + (" network + IS |" if importance else ""), "|---|---|---|---|---|" + ("---|" if importance else ""),
+               *overlap_rows, "", *[c.replace("sampler-", "") for c in corners]]
     (args.out / "sampler_comparison.md").write_text("\n".join(md) + "\n")
-    summary = {"ks_mean": ks_mean, "ks_simulated": ks_sim, "names": names, "ks": ks_all, "speed": speed}
+    summary = {"ks_mean": ks_mean, "ks_simulated": ks_sim, "names": names, "ks": ks_all, "speed": speed,
+               "importance": importance}
     (args.out / "sampler_comparison.json").write_text(json.dumps(summary) + "\n")
     print("\n".join(md))
 
@@ -236,6 +296,11 @@ def main() -> None:
     c.add_argument("--model", required=True)
     c.add_argument("--root", required=True)
     c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--importance", type=int, default=0,
+                   help="also reweight N network proposals per spectrum by the forward model and compare")
+    c.add_argument("--importance-coverage", type=int, default=0,
+                   help="coverage of the importance-sampled posterior on this many held-out spectra")
+    c.add_argument("--importance-coverage-proposals", type=int, default=1000)
     args = parser.parse_args()
     {"sample": cmd_sample, "compare": cmd_compare}[args.cmd](args)
 

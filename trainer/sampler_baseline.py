@@ -1,7 +1,7 @@
-"""Nested-sampling baseline (dynesty): the spectra-sim forward model and priors, Gaussian likelihood per bin.
+"""Nested-sampling baseline (dynesty) over the spectra-sim priors with `trainer.spectrum_likelihood`.
 
-Likelihood calls are batched: dynesty's `pool.map` receives `queue_size` points at once and one vectorised
-forward-model call computes them all.
+Likelihood calls are batched: dynesty's `pool.map` receives `queue_size` points at once and the likelihood
+computes them in vectorised forward-model chunks.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from datajobs.errors import MissingExtraError
-from datajobs.forward_model import WASP39B, ForwardModel, bin_matrix
-from datajobs.sources.spectra_sim import PARAMETERS, PRIORS, simulate
+from datajobs.sources.spectra_sim import PARAMETERS, PRIORS
+from trainer.spectrum_likelihood import SpectrumLikelihood
 
 
 @dataclass
@@ -38,17 +38,10 @@ def run_sampler(wavelength: np.ndarray, half_width: np.ndarray, depth: np.ndarra
     priors = {**PRIORS, **(priors or {})}
     lo_p = np.array([priors[p][0] for p in PARAMETERS])
     hi_p = np.array([priors[p][1] for p in PARAMETERS])
-    lo, hi = wavelength - half_width, wavelength + half_width
-    fm = ForwardModel(WASP39B, wl_min=float(lo.min()) * 0.99, wl_max=float(hi.max()) * 1.01, n_layers=n_layers)
-    matrix = bin_matrix(fm.wavelength, lo, hi)
-    calls = 0
+    likelihood = SpectrumLikelihood(wavelength, half_width, depth, error, n_layers=n_layers)
 
     def loglike_batch(theta: np.ndarray) -> np.ndarray:
-        nonlocal calls
-        calls += len(theta)
-        model = simulate(fm, matrix, theta)
-        ll = -0.5 * (((model - depth) / error) ** 2).sum(axis=1)
-        return np.where(np.isfinite(ll), ll, -1e300)
+        return np.maximum(likelihood(theta), -1e300)  # dynesty needs finite values
 
     def loglike(theta: np.ndarray) -> float:
         return float(loglike_batch(np.asarray(theta)[None])[0])
@@ -58,7 +51,7 @@ def run_sampler(wavelength: np.ndarray, half_width: np.ndarray, depth: np.ndarra
 
     class Pool:
         """dynesty sends only likelihood batches here (the live-point initialisation, per use_pool below):
-        one forward-model call per batch; the sampling steps call `loglike` one point at a time."""
+        one likelihood call per batch; the sampling steps call `loglike` one point at a time."""
 
         size = batch
 
@@ -77,4 +70,4 @@ def run_sampler(wavelength: np.ndarray, half_width: np.ndarray, depth: np.ndarra
     seconds = time.perf_counter() - t0
     res = sampler.results
     samples = res.samples_equal(rstate=np.random.default_rng(seed))
-    return SamplerResult(samples, seconds, calls, float(res.logz[-1]))
+    return SamplerResult(samples, seconds, likelihood.calls, float(res.logz[-1]))

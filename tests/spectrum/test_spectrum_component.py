@@ -93,6 +93,8 @@ def test_predict_file_on_wasp39b_from_the_bundle(trained: Path, tmp_path: Path) 
 
 
 def test_cli_predict_on_the_bundled_wasp39b_spectrum(trained: Path, tmp_path: Path) -> None:
+    from datajobs.errors import DataError
+
     out = tmp_path / "posterior.csv"
     proc = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(WASP39B_CSV),
                     "--output", str(out)])
@@ -108,17 +110,58 @@ def test_cli_predict_on_the_bundled_wasp39b_spectrum(trained: Path, tmp_path: Pa
     assert json.loads((tmp_path / "inflated.json").read_text())["error_scale"] == 1.5
     with np.load(tmp_path / "inflated.samples.npz", allow_pickle=False) as z:
         assert z["samples"].shape == (50, 7)
-    for option, says in (("colour=red", "no predict option 'colour'"), ("samples=many", "is not an integer"),
-                         ("error_scale=0", "must be > 0"), ("mask_um=4", "is not LOW-HIGH"), ("samples", "KEY=VALUE")):
+    for option, says in (("colour=red", "no predict option 'colour'"), ("samples", "KEY=VALUE")):
         proc = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(WASP39B_CSV),
                         "--output", str(tmp_path / "x.csv"), "--option", option])
         assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (
             option, proc.stderr)
+    bundle = load_bundle(trained, "cpu")  # the CLI turns the same DataError into one line and exit 2
+    for options, says in (({"samples": "many"}, "is not an integer"), ({"error_scale": "0"}, "must be > 0"),
+                          ({"mask_um": "4"}, "is not LOW-HIGH")):
+        with pytest.raises(DataError, match=says):
+            bundle.predict_file(str(WASP39B_CSV), str(tmp_path / "x.csv"), options=options)
     bad = tmp_path / "bad.csv"
     bad.write_text("wavelength_um,depth_ppm\n1.0,20000\n")
-    proc = run_cli([str(BIN / "astrobio-train"), "predict", "-m", str(trained), "--input", str(bad),
-                    "--output", str(tmp_path / "x.csv")])
-    assert proc.returncode == 2 and "error_ppm" in proc.stderr
+    with pytest.raises(DataError, match="error_ppm"):
+        bundle.predict_file(str(bad), str(tmp_path / "x.csv"))
+
+
+def test_importance_weights_turn_the_network_draws_into_the_prior_under_a_flat_likelihood(trained: Path) -> None:
+    """With L = 1 the weights are p(z) / q(z | spectrum): the reweighted draws must follow the uniform prior and
+    the mean weight (the evidence) must be 1, whatever the network learnt. A wrong log q or prior fails both."""
+    from scipy.stats import kstest
+
+    from trainer.components.spectrum_importance import importance_posterior
+
+    bundle = load_bundle(trained / "best", "cpu")
+    comp = bundle.component
+    x, _ = comp.read_spectrum(str(WASP39B_CSV), [])
+    raw = comp.posterior(bundle.model, x, 5000, torch.device("cpu"))[0]
+    result = importance_posterior(bundle.model, x, comp.from_latent, lambda p: np.zeros(len(p)), 40000, 5000,
+                                  torch.device("cpu"))
+    uniform = [(p - lo) / (hi - lo) for p, lo, hi in zip(result.samples.T, comp.lo, comp.hi, strict=True)]
+    raw_uniform = [(p - lo) / (hi - lo) for p, lo, hi in zip(raw.T, comp.lo, comp.hi, strict=True)]
+    # 5000 uniform draws give a KS statistic of ~0.012 on average; the 80-step network's own draws (~0.04, up to
+    # 0.08) are not the prior, the reweighted ones (max ~0.02) are
+    assert np.mean([kstest(u, "uniform").statistic for u in raw_uniform]) > 0.025
+    assert max(kstest(u, "uniform").statistic for u in uniform) < 0.035
+    assert abs(result.log_evidence) < 0.02 and result.effective_samples < result.proposals
+
+
+def test_predict_with_importance_sampling_reports_the_effective_sample_size(trained: Path, tmp_path: Path) -> None:
+    from datajobs.errors import DataError
+
+    bundle = load_bundle(trained / "best", "cpu")
+    out = tmp_path / "wasp39b.csv"
+    line = bundle.predict_file(str(WASP39B_CSV), str(out), options={"importance": "300", "samples": "200"})
+    assert "effective of 300 proposals" in line
+    info = json.loads(out.with_suffix(".json").read_text())["importance"]
+    assert info["proposals"] == 300 and 1 <= info["effective_samples"] <= 300 and np.isfinite(info["log_evidence"])
+    with np.load(out.with_suffix(".samples.npz"), allow_pickle=False) as z:
+        assert z["samples"].shape == (200, 7)
+    bundle.component.simulator = None  # as a bundle trained on an imported grid has it
+    with pytest.raises(DataError, match="retrain on spectra-sim"):
+        bundle.predict_file(str(WASP39B_CSV), str(tmp_path / "x.csv"), options={"importance": "10"})
 
 
 def test_training_batches_get_a_fresh_noise_draw_and_validation_batches_none(trained: Path) -> None:
@@ -224,7 +267,8 @@ def test_sampler_bench_compares_the_network_with_dynesty_on_a_held_out_spectrum(
     [done] = list(out.glob("sampler-test-*.npz"))
     with np.load(done, allow_pickle=False) as z:
         assert z["samples"].shape[1] == 7 and np.isfinite(z["truth"]).all()
-    compare = bench("compare", "--model", str(trained), "--root", str(sim_root), "--out", str(out))
+    compare = bench("compare", "--model", str(trained), "--root", str(sim_root), "--out", str(out),
+                    "--importance", "64", "--importance-coverage", "3", "--importance-coverage-proposals", "32")
     assert compare.returncode == 0, compare.stderr[-3000:]
     summary = json.loads((out / "sampler_comparison.json").read_text())
     assert summary["names"] == [done.stem.removeprefix("sampler-")]
@@ -232,3 +276,7 @@ def test_sampler_bench_compares_the_network_with_dynesty_on_a_held_out_spectrum(
     assert summary["ks_simulated"] == pytest.approx(summary["ks_mean"])
     text = (out / "sampler_comparison.md").read_text()
     assert "Mean KS distance" in text and "Speed: sampler" in text and (out / "calibration.png").is_file()
+    [reweighted] = summary["importance"]
+    assert len(reweighted["ks"]) == 7 and 0 < reweighted["effective_samples"] <= 64
+    assert np.isfinite(reweighted["log_evidence"]) and "Network + importance sampling" in text
+    assert "Calibration of the importance-sampled posterior on 3 held-out" in text
