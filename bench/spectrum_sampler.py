@@ -137,21 +137,37 @@ def calibration(root: str, comp, model, out: Path, n: int = 200) -> list[str]:
 
 def importance_calibration(root: str, comp, model, n_spectra: int, proposals: int) -> list[str]:
     """Coverage of the importance-sampled posterior's central 68%/95% intervals on held-out simulated spectra
-    (the calibration set's first n_spectra), with the effective sample sizes."""
+    (the calibration set's first n_spectra), beside the network's own on the same spectra, and split by whether
+    the effective sample size reached the level below which predict warns."""
     import torch
 
+    from trainer.components.spectrum_importance import MIN_EFFECTIVE_SAMPLES
+
+    def inside(samples: np.ndarray, true: np.ndarray, level: int) -> np.ndarray:
+        lo, hi = np.percentile(samples, [50 - level / 2, 50 + level / 2], axis=0)
+        return (true >= lo) & (true <= hi)
+
     x, truth = held_out_inputs(root, comp, n_spectra)
-    inside = {68: [], 95: []}
+    hits: dict[str, list[np.ndarray]] = {"is68": [], "is95": [], "net95": []}
     effective = []
     for k in range(len(x)):
         r = comp.importance_posterior(model, x[k:k + 1], proposals, 1000, torch.device("cpu"), seed=k)
         effective.append(r.effective_samples)
-        for level in inside:
-            lo, hi = np.percentile(r.samples, [50 - level / 2, 50 + level / 2], axis=0)
-            inside[level].append((truth[k] >= lo) & (truth[k] <= hi))
-    cov = {level: np.mean(v, axis=0) for level, v in inside.items()}
-    rows = ["| parameter | 68% coverage | 95% coverage |", "|---|---|---|"]
-    rows += [f"| {p} | {cov[68][j]:.3f} | {cov[95][j]:.3f} |" for j, p in enumerate(comp.parameters)]
+        hits["is68"].append(inside(r.samples, truth[k], 68))
+        hits["is95"].append(inside(r.samples, truth[k], 95))
+        hits["net95"].append(inside(comp.posterior(model, x[k:k + 1], 1000, torch.device("cpu"), seed=k)[0],
+                                    truth[k], 95))
+    enough = np.array(effective) >= MIN_EFFECTIVE_SAMPLES
+    cov = {key: np.array(v, float) for key, v in hits.items()}
+
+    def share(key: str, rows: np.ndarray, j: int) -> str:
+        return f"{cov[key][rows, j].mean():.3f}" if rows.any() else "-"
+
+    everyone = np.ones(len(x), bool)
+    rows = [f"| parameter | IS 68% | IS 95% | IS 95%, >= {MIN_EFFECTIVE_SAMPLES} effective ({int(enough.sum())}) | "
+            f"IS 95%, fewer ({int((~enough).sum())}) | network alone 95% |", "|---|---|---|---|---|---|"]
+    rows += [f"| {p} | {share('is68', everyone, j)} | {share('is95', everyone, j)} | {share('is95', enough, j)} | "
+             f"{share('is95', ~enough, j)} | {share('net95', everyone, j)} |" for j, p in enumerate(comp.parameters)]
     return [f"### Calibration of the importance-sampled posterior on {len(x)} held-out simulated spectra "
             f"({proposals} proposals each)", "", *rows, "",
             f"Effective samples: median {np.median(effective):.0f}, min {np.min(effective):.0f}, max "
