@@ -92,9 +92,9 @@ def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(fa - fb).max())
 
 
-def held_out_inputs(root: str, comp, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Network inputs and true parameters of the first n test-split spectra (any mode set) of the first shard of
-    spectra-sim@latest."""
+def held_out_inputs(root: str, comp, n: int, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """Network inputs and true parameters of the first n spectra of a split ("test", or "val" for choosing
+    settings; any mode set) of the first shard of spectra-sim@latest."""
     import io
 
     from trainer.components.spectrum import split_of
@@ -103,7 +103,7 @@ def held_out_inputs(root: str, comp, n: int) -> tuple[np.ndarray, np.ndarray]:
     shards = sorted(s for s in version.shards("npz") if s.startswith("spectra-"))
     with np.load(io.BytesIO(version.read_bytes(shards[0])), allow_pickle=False) as z:
         a = {k: z[k] for k in z.files}
-    idx = [i for i in range(len(a["params"])) if split_of(i, 0, 0.1, 0.1) == "test"][:n]
+    idx = [i for i in range(len(a["params"])) if split_of(i, 0, 0.1, 0.1) == split][:n]
     return comp.features(a["depth"][idx], a["error"][idx], a["mask"][idx].astype(bool)), a["params"][idx]
 
 
@@ -135,7 +135,8 @@ def calibration(root: str, comp, model, out: Path, n: int = 200) -> list[str]:
             "![calibration](calibration.png)", ""]
 
 
-def importance_calibration(root: str, comp, model, n_spectra: int, proposals: int) -> list[str]:
+def importance_calibration(root: str, comp, model, n_spectra: int, proposals: int, split: str = "test",
+                           widen: float = 1.0) -> list[str]:
     """Coverage of the importance-sampled posterior's central 68%/95% intervals on held-out simulated spectra
     (the calibration set's first n_spectra), beside the network's own on the same spectra, and split by whether
     the effective sample size reached the level below which predict warns."""
@@ -147,11 +148,11 @@ def importance_calibration(root: str, comp, model, n_spectra: int, proposals: in
         lo, hi = np.percentile(samples, [50 - level / 2, 50 + level / 2], axis=0)
         return (true >= lo) & (true <= hi)
 
-    x, truth = held_out_inputs(root, comp, n_spectra)
+    x, truth = held_out_inputs(root, comp, n_spectra, split)
     hits: dict[str, list[np.ndarray]] = {"is68": [], "is95": [], "net95": []}
     effective = []
     for k in range(len(x)):
-        r = comp.importance_posterior(model, x[k:k + 1], proposals, 1000, torch.device("cpu"), seed=k)
+        r = comp.importance_posterior(model, x[k:k + 1], proposals, 1000, torch.device("cpu"), seed=k, widen=widen)
         effective.append(r.effective_samples)
         hits["is68"].append(inside(r.samples, truth[k], 68))
         hits["is95"].append(inside(r.samples, truth[k], 95))
@@ -168,8 +169,8 @@ def importance_calibration(root: str, comp, model, n_spectra: int, proposals: in
             f"IS 95%, fewer ({int((~enough).sum())}) | network alone 95% |", "|---|---|---|---|---|---|"]
     rows += [f"| {p} | {share('is68', everyone, j)} | {share('is95', everyone, j)} | {share('is95', enough, j)} | "
              f"{share('is95', ~enough, j)} | {share('net95', everyone, j)} |" for j, p in enumerate(comp.parameters)]
-    return [f"### Calibration of the importance-sampled posterior on {len(x)} held-out simulated spectra "
-            f"({proposals} proposals each)", "", *rows, "",
+    return [f"### Calibration of the importance-sampled posterior on {len(x)} {split}-split simulated spectra "
+            f"({proposals} proposals each, proposal widened x{widen:g})", "", *rows, "",
             f"Effective samples: median {np.median(effective):.0f}, min {np.min(effective):.0f}, max "
             f"{np.max(effective):.0f} of {proposals}.", ""]
 
@@ -215,7 +216,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         lines.append(f"| {name} | " + " | ".join(f"{k:.2f}" for k in ks) + f" | {np.mean(ks):.2f} | {seconds:.0f} | "
                      f"{net_s:.3f} |")
         if args.importance:
-            r = comp.importance_posterior(bundle.model, x, args.importance, 1000, torch.device("cpu"))
+            r = comp.importance_posterior(bundle.model, x, args.importance, 1000, torch.device("cpu"),
+                                          widen=args.importance_widen)
             ks_is = [ks_distance(r.samples[:, j], ref[:, j]) for j in range(len(comp.parameters))]
             importance.append({"name": name, "ks": ks_is, "effective_samples": r.effective_samples,
                                "seconds": r.seconds, "log_evidence": r.log_evidence, "sampler_log_evidence": logz,
@@ -281,7 +283,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     md += ["", *calibration(args.root, comp, bundle.model, args.out)]
     if args.importance_coverage:
         md += importance_calibration(args.root, comp, bundle.model, args.importance_coverage,
-                                     args.importance_coverage_proposals)
+                                     args.importance_coverage_proposals, args.importance_coverage_split,
+                                     args.importance_widen)
     if overlap_rows:
         corners = [f"![{p.stem}]({p.stem}_corner.png)" for p in sorted(args.out.glob("sampler-wasp39b*.npz"))]
         md += ["", "### WASP-39b 95% intervals", "", "| target | parameter | network | dynesty | overlap |"
@@ -317,6 +320,9 @@ def main() -> None:
     c.add_argument("--importance-coverage", type=int, default=0,
                    help="coverage of the importance-sampled posterior on this many held-out spectra")
     c.add_argument("--importance-coverage-proposals", type=int, default=1000)
+    c.add_argument("--importance-coverage-split", choices=("test", "val"), default="test")
+    c.add_argument("--importance-widen", type=float, default=1.0,
+                   help="widen the flow's base distribution by this factor for the proposals")
     args = parser.parse_args()
     {"sample": cmd_sample, "compare": cmd_compare}[args.cmd](args)
 

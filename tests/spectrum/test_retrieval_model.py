@@ -26,6 +26,29 @@ def test_log_density_integrates_to_one_in_1d() -> None:
         assert abs(total.item() - 1.0) < 1e-3
 
 
+def test_the_widened_flow_is_a_density_and_its_samples_follow_it() -> None:
+    """base_scale > 1 (the wider importance-sampling proposal): log_prob still integrates to 1, and the samples
+    drawn with the same scale have the quantiles of that density."""
+    flow = randomised(ConditionalFlow(dim=1, context=4, hidden=16, layers=4)).double()
+    c = torch.randn(1, 4, dtype=torch.float64)
+    grid = torch.linspace(-60, 60, 60001, dtype=torch.float64)
+    with torch.no_grad():
+        p = flow.log_prob(grid[:, None], c.expand(len(grid), 4), base_scale=1.5).exp()
+        narrow = flow.log_prob(grid[:, None], c.expand(len(grid), 4)).exp()
+    assert abs(torch.trapezoid(p, grid).item() - 1.0) < 1e-3
+    cdf = torch.cumulative_trapezoid(p, grid)
+    samples = flow.sample(c, 20000, torch.Generator().manual_seed(0), base_scale=1.5)[0, :, 0]
+    for q in (0.05, 0.5, 0.95):
+        expected = grid[1:][torch.searchsorted(cdf, torch.tensor(q, dtype=torch.float64))]
+        assert abs(torch.quantile(samples, q).item() - expected.item()) < 0.05 * (1 + abs(expected.item()))
+
+    def spread(density: torch.Tensor) -> float:
+        mean = torch.trapezoid(density * grid, grid)
+        return float(torch.sqrt(torch.trapezoid(density * (grid - mean) ** 2, grid)))
+
+    assert spread(p) > 1.2 * spread(narrow)
+
+
 def test_log_density_integrates_to_one_in_2d_and_inverse_is_exact() -> None:
     flow = randomised(ConditionalFlow(dim=2, context=3, hidden=16, layers=4)).double()
     c = torch.randn(1, 3, dtype=torch.float64)

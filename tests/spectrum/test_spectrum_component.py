@@ -279,4 +279,4 @@ def test_sampler_bench_compares_the_network_with_dynesty_on_a_held_out_spectrum(
     [reweighted] = summary["importance"]
     assert len(reweighted["ks"]) == 7 and 0 < reweighted["effective_samples"] <= 64
     assert np.isfinite(reweighted["log_evidence"]) and "Network + importance sampling" in text
-    assert "Calibration of the importance-sampled posterior on 3 held-out" in text
+    assert "Calibration of the importance-sampled posterior on 3 test-split" in text

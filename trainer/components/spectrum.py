@@ -258,10 +258,10 @@ class SpectrumComponent(Component):
                                   planet=simulator_planet(self.simulator), n_layers=self.simulator["n_layers"])
 
     def importance_posterior(self, model: nn.Module, x: np.ndarray, proposals: int, n_out: int,
-                             device: torch.device, seed: int = 0) -> ImportanceResult:
+                             device: torch.device, seed: int = 0, widen: float = 1.0) -> ImportanceResult:
         """Network draws for one spectrum reweighted by the forward model (`spectrum_importance`)."""
         return importance_posterior(model, x, self.from_latent, self.likelihood_of(x), proposals, n_out, device,
-                                    seed)
+                                    seed, widen)
 
     @torch.no_grad()
     def report(self, model: nn.Module, data: ComponentData, device: torch.device) -> list[ReportSection]:

@@ -55,16 +55,17 @@ def simulator_planet(simulator: dict) -> Planet:
 
 @torch.no_grad()
 def importance_posterior(model: nn.Module, x: np.ndarray, from_latent, likelihood, proposals: int, n_out: int,
-                         device: torch.device, seed: int = 0) -> ImportanceResult:
+                         device: torch.device, seed: int = 0, widen: float = 1.0) -> ImportanceResult:
     """x: (1, 3, bins) network input of one spectrum; from_latent maps flow space to physical parameters;
-    likelihood: (n, parameters) -> (n,) log L. Returns n_out draws resampled from `proposals` weighted ones."""
+    likelihood: (n, parameters) -> (n,) log L. Returns n_out draws resampled from `proposals` weighted ones.
+    `widen` > 1 draws from the flow with its Gaussian base widened by that factor (a heavier-tailed proposal)."""
     t0 = time.perf_counter()
     module = getattr(model, "module", model)
     module.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     context = module.encoder(torch.from_numpy(x).to(device))
-    z = module.flow.sample(context, proposals, gen)[0]
-    log_q = module.flow.log_prob(z, context.expand(proposals, -1)).double().cpu().numpy()
+    z = module.flow.sample(context, proposals, gen, base_scale=widen)[0]
+    log_q = module.flow.log_prob(z, context.expand(proposals, -1), base_scale=widen).double().cpu().numpy()
     z = z.double().cpu().numpy()
     log_prior = -0.5 * (z**2).sum(axis=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
     log_w = likelihood(from_latent(z)) + log_prior - log_q

@@ -96,18 +96,21 @@ class ConditionalFlow(nn.Module):
         self.register_buffer("perms", torch.stack(perms))
         self.register_buffer("inverse_perms", torch.stack([torch.argsort(p) for p in perms]))
 
-    def log_prob(self, theta: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, theta: torch.Tensor, c: torch.Tensor, base_scale: float = 1.0) -> torch.Tensor:
+        """`base_scale` > 1: the density of the widened flow whose base is N(0, base_scale^2 I)."""
         x, logdet = theta, torch.zeros(theta.shape[0], device=theta.device, dtype=theta.dtype)
         for coupling, perm in zip(self.couplings, self.perms, strict=True):
             x, ld = coupling(x[:, perm], c)
             logdet = logdet + ld
-        base = -0.5 * (x**2).sum(dim=1) - 0.5 * self.dim * math.log(2 * math.pi)
+        base = (-0.5 * ((x / base_scale) ** 2).sum(dim=1) - self.dim * math.log(base_scale)
+                - 0.5 * self.dim * math.log(2 * math.pi))
         return base + logdet
 
-    def sample(self, c: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, context) -> (B, n, dim) samples."""
+    def sample(self, c: torch.Tensor, n: int, generator: torch.Generator | None = None,
+               base_scale: float = 1.0) -> torch.Tensor:
+        """(B, context) -> (B, n, dim) samples (of the widened flow for base_scale > 1)."""
         b = c.shape[0]
-        z = torch.randn(b * n, self.dim, generator=generator, device=c.device, dtype=c.dtype)
+        z = torch.randn(b * n, self.dim, generator=generator, device=c.device, dtype=c.dtype) * base_scale
         cc = c.repeat_interleave(n, dim=0)
         for coupling, inv in zip(reversed(self.couplings), reversed(self.inverse_perms), strict=True):
             z = coupling.inverse(z, cc)[:, inv]
