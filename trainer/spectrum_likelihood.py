@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from datajobs.forward_model import WASP39B, ForwardModel, Planet, bin_matrix
-from datajobs.sources.spectra_sim import simulate
+from datajobs.forward_model import WASP39B, Planet
+from datajobs.sources.spectra_sim import binned_forward_model, simulate
 
 
 class SpectrumLikelihood:
@@ -22,10 +22,8 @@ class SpectrumLikelihood:
 
     def __init__(self, wavelength: np.ndarray, half_width: np.ndarray, depth: np.ndarray, error: np.ndarray, *,
                  planet: Planet = WASP39B, n_layers: int = 50, batch: int = 8) -> None:
-        lo, hi = np.asarray(wavelength) - half_width, np.asarray(wavelength) + half_width
-        self.forward_model = ForwardModel(planet, wl_min=float(lo.min()) * 0.99, wl_max=float(hi.max()) * 1.01,
-                                          n_layers=n_layers)
-        self.matrix = bin_matrix(self.forward_model.wavelength, lo, hi)
+        self.forward_model, self.matrix = binned_forward_model(np.asarray(wavelength), np.asarray(half_width),
+                                                               n_layers, planet)
         self.depth, self.error = np.asarray(depth, float), np.asarray(error, float)
         self.batch = batch
         self.calls = 0

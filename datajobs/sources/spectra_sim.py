@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from datajobs.card import card
 from datajobs.config import SourceConfig
 from datajobs.errors import DataError
-from datajobs.forward_model import R_JUP, WASP39B, ForwardModel, bin_matrix, isothermal
+from datajobs.forward_model import R_JUP, WASP39B, ForwardModel, Planet, bin_matrix, isothermal
 from datajobs.job import Context, Product
 from datajobs.logs import track
 from datajobs.spectra_reference import load_wasp39b
@@ -102,12 +102,32 @@ def instrument_bins(modes: list[str]) -> dict[str, np.ndarray]:
 _WORKER: dict[str, object] = {}
 
 
+def binned_forward_model(wavelength: np.ndarray, half_width: np.ndarray, n_layers: int,
+                         planet: Planet = WASP39B) -> tuple[ForwardModel, np.ndarray]:
+    """The forward model over the instrument bins given by centre and half width [um], and its binning matrix
+    (what `simulate` takes)."""
+    lo, hi = wavelength - half_width, wavelength + half_width
+    fm = ForwardModel(planet, wl_min=float(lo.min()) * 0.99, wl_max=float(hi.max()) * 1.01, n_layers=n_layers)
+    return fm, bin_matrix(fm.wavelength, lo, hi)
+
+
+def planet_record(planet: Planet) -> dict[str, float | str]:
+    """The `planet` entry of simulation.json."""
+    return {"radius_m": planet.radius_m, "mass_kg": planet.mass_kg, "star_radius_m": planet.star_radius_m,
+            "p_base_pa": planet.p_base, "p_top_pa": planet.p_top, "fill": planet.fill}
+
+
+def planet_from_record(record: dict) -> Planet:
+    """The Planet a spectra-sim set was simulated for, from its simulation.json `planet` entry."""
+    return Planet(radius_m=record["radius_m"], mass_kg=record["mass_kg"], star_radius_m=record["star_radius_m"],
+                  fill=record["fill"], p_base=record["p_base_pa"], p_top=record["p_top_pa"])
+
+
 def _init_worker(cfg_json: str) -> None:
     cfg = Config.model_validate_json(cfg_json)
     bins = instrument_bins(cfg.modes)
-    lo, hi = bins["wavelength_um"] - bins["half_width_um"], bins["wavelength_um"] + bins["half_width_um"]
-    fm = ForwardModel(WASP39B, wl_min=float(lo.min()) * 0.99, wl_max=float(hi.max()) * 1.01, n_layers=cfg.n_layers)
-    _WORKER.update(cfg=cfg, bins=bins, fm=fm, matrix=bin_matrix(fm.wavelength, lo, hi))
+    fm, matrix = binned_forward_model(bins["wavelength_um"], bins["half_width_um"], cfg.n_layers)
+    _WORKER.update(cfg=cfg, bins=bins, fm=fm, matrix=matrix)
 
 
 def sample_priors(rng: np.random.Generator, priors: dict[str, tuple[float, float]], n: int) -> np.ndarray:
@@ -215,9 +235,7 @@ def build(ctx: Context) -> Product:
     bbuf = io.BytesIO()
     np.savez(bbuf, **bins)
     meta = {"parameters": list(PARAMETERS), "units": UNITS, "priors": {k: list(v) for k, v in cfg.priors.items()},
-            "modes": cfg.modes, "mode_sets": sets, "planet": {"radius_m": WASP39B.radius_m, "mass_kg": WASP39B.mass_kg,
-                                           "star_radius_m": WASP39B.star_radius_m, "p_base_pa": WASP39B.p_base,
-                                           "p_top_pa": WASP39B.p_top, "fill": WASP39B.fill},
+            "modes": cfg.modes, "mode_sets": sets, "planet": planet_record(WASP39B),
             "noise": {"kind": "gaussian, independent per bin", "sigma": "real WASP-39b error bar x noise_scale",
                       "noise_scale": cfg.noise_scale},
             "seed": cfg.seed, "n_layers": cfg.n_layers, "temperature_profile": "isothermal"}

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from datajobs.errors import DataError
-from datajobs.forward_model import Planet
 
 # below this effective sample size, the resampled posterior repeats a few draws and is not to be trusted
 MIN_EFFECTIVE_SAMPLES = 100
@@ -46,13 +45,6 @@ class ImportanceResult:
                 f"({100 * self.efficiency:.1f}%), log Z {self.log_evidence:.1f}, {self.seconds:.1f} s{warn}")
 
 
-def simulator_planet(simulator: dict) -> Planet:
-    """The Planet a spectra-sim dataset was made for, from its simulation.json `planet` entry."""
-    p = simulator["planet"]
-    return Planet(radius_m=p["radius_m"], mass_kg=p["mass_kg"], star_radius_m=p["star_radius_m"], fill=p["fill"],
-                  p_base=p["p_base_pa"], p_top=p["p_top_pa"])
-
-
 @torch.no_grad()
 def importance_posterior(model: nn.Module, x: np.ndarray, from_latent, likelihood, proposals: int, n_out: int,
                          device: torch.device, seed: int = 0, widen: float = 1.0) -> ImportanceResult:
@@ -72,8 +64,8 @@ def importance_posterior(model: nn.Module, x: np.ndarray, from_latent, likelihoo
     top = log_w.max()
     if not np.isfinite(top):
         raise DataError(f"importance sampling: none of the {proposals} network draws has a finite likelihood "
-                        "under the forward model; check the spectrum's units (depth, not ppm, without _ppm "
-                        "columns) or predict without --option importance")
+                        "under the forward model (every one is unphysical or has a non-finite density); "
+                        "predict without --option importance")
     w = np.exp(log_w - top)
     effective = float(w.sum() ** 2 / (w**2).sum())
     log_evidence = float(top + math.log(w.mean()))
