@@ -1,10 +1,22 @@
-"""The conditional flow is a normalised density with an exact inverse."""
+"""The conditional flows (affine coupling, spline coupling, spline autoregressive) are normalised densities with
+exact inverses, and every parameter depends on the spectrum."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
 import torch
 
-from trainer.models.retrieval import ConditionalFlow, RetrievalModel
+from trainer.models.retrieval import FLOWS, ConditionalFlow, RetrievalModel, SplineFlow
+
+FlowFactory = Callable[..., torch.nn.Module]
+FLOW_FACTORIES: dict[str, FlowFactory] = {
+    "affine": ConditionalFlow,
+    "spline-coupling": lambda **kw: SplineFlow(**kw, coupling=True),
+    "spline-autoregressive": lambda **kw: SplineFlow(**kw, coupling=False),
+}
+each_flow = pytest.mark.parametrize("make_flow", list(FLOW_FACTORIES.values()), ids=list(FLOW_FACTORIES))
 
 
 def randomised(flow: torch.nn.Module) -> torch.nn.Module:
@@ -15,8 +27,9 @@ def randomised(flow: torch.nn.Module) -> torch.nn.Module:
     return flow
 
 
-def test_log_density_integrates_to_one_in_1d() -> None:
-    flow = randomised(ConditionalFlow(dim=1, context=4, hidden=16, layers=4))
+@each_flow
+def test_log_density_integrates_to_one_in_1d(make_flow: FlowFactory) -> None:
+    flow = randomised(make_flow(dim=1, context=4, hidden=16, layers=4))
     c = torch.randn(3, 4)
     grid = torch.linspace(-40, 40, 40001, dtype=torch.float64)
     flow = flow.double()
@@ -26,10 +39,11 @@ def test_log_density_integrates_to_one_in_1d() -> None:
         assert abs(total.item() - 1.0) < 1e-3
 
 
-def test_the_widened_flow_is_a_density_and_its_samples_follow_it() -> None:
+@each_flow
+def test_the_widened_flow_is_a_density_and_its_samples_follow_it(make_flow: FlowFactory) -> None:
     """base_scale > 1 (the wider importance-sampling proposal): log_prob still integrates to 1, and the samples
     drawn with the same scale have the quantiles of that density."""
-    flow = randomised(ConditionalFlow(dim=1, context=4, hidden=16, layers=4)).double()
+    flow = randomised(make_flow(dim=1, context=4, hidden=16, layers=4)).double()
     c = torch.randn(1, 4, dtype=torch.float64)
     grid = torch.linspace(-60, 60, 60001, dtype=torch.float64)
     with torch.no_grad():
@@ -49,8 +63,9 @@ def test_the_widened_flow_is_a_density_and_its_samples_follow_it() -> None:
     assert spread(p) > 1.2 * spread(narrow)
 
 
-def test_log_density_integrates_to_one_in_2d_and_inverse_is_exact() -> None:
-    flow = randomised(ConditionalFlow(dim=2, context=3, hidden=16, layers=4)).double()
+@each_flow
+def test_log_density_integrates_to_one_in_2d_and_inverse_is_exact(make_flow: FlowFactory) -> None:
+    flow = randomised(make_flow(dim=2, context=3, hidden=16, layers=4)).double()
     c = torch.randn(1, 3, dtype=torch.float64)
     axis = torch.linspace(-20, 20, 501, dtype=torch.float64)
     xx, yy = torch.meshgrid(axis, axis, indexing="ij")
@@ -62,11 +77,12 @@ def test_log_density_integrates_to_one_in_2d_and_inverse_is_exact() -> None:
     assert torch.isfinite(flow.log_prob(samples, c.expand(2000, 3))).all()
 
 
-def test_every_parameter_depends_on_the_spectrum() -> None:
+@each_flow
+def test_every_parameter_depends_on_the_spectrum(make_flow: FlowFactory) -> None:
     """Each parameter must be transformed by some coupling, or its posterior is the prior for every spectrum:
     the same base draw under two contexts moves every coordinate of the sample."""
     for dim, layers in ((7, 6), (7, 10), (3, 2), (2, 4)):
-        flow = randomised(ConditionalFlow(dim=dim, context=4, hidden=16, layers=layers))
+        flow = randomised(make_flow(dim=dim, context=4, hidden=16, layers=layers))
         contexts = torch.randn(2, 4)
         a = flow.sample(contexts[:1], 50, torch.Generator().manual_seed(0))
         b = flow.sample(contexts[1:], 50, torch.Generator().manual_seed(0))
@@ -75,8 +91,9 @@ def test_every_parameter_depends_on_the_spectrum() -> None:
         assert not still, f"dim={dim} layers={layers}: parameters {still} ignore the context"
 
 
-def test_masked_bins_do_not_change_the_output() -> None:
-    model = randomised(RetrievalModel(n_bins=20, n_params=3, channels=4, context=8, hidden=8, layers=2))
+@pytest.mark.parametrize("flow", FLOWS)
+def test_masked_bins_do_not_change_the_output(flow: str) -> None:
+    model = randomised(RetrievalModel(n_bins=20, n_params=3, channels=4, context=8, hidden=8, layers=2, flow=flow))
     x = torch.randn(2, 3, 20)
     x[:, 2] = 1.0
     x[:, 2, 10:] = 0.0
@@ -103,3 +120,26 @@ def test_encoder_separates_the_mean_level_from_the_features() -> None:
     torch.testing.assert_close(shifted_level, level + 0.8)
     torch.testing.assert_close(features[:, 0, :9], 5.0 * (x[:, 0, :9] - x[:, 0, :9].mean(dim=1, keepdim=True)))
     assert features[:, :, 9:].abs().max() == 0
+
+
+@each_flow
+def test_log_prob_is_the_change_of_variables_of_sample(make_flow: FlowFactory) -> None:
+    """log p(theta) from log_prob equals log N(z) - log|det d theta / d z| computed by autograd through the
+    sampling map, at the base draws sample() used; the same generator seed gives the same samples."""
+    flow = randomised(make_flow(dim=3, context=4, hidden=16, layers=3)).double()
+    c = torch.randn(2, 4, dtype=torch.float64)
+    a = flow.sample(c, 8, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(flow.sample(c, 8, torch.Generator().manual_seed(5)), a)
+    z = torch.randn(16, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    cc = c.repeat_interleave(8, dim=0)
+    torch.testing.assert_close(flow.from_base(z, cc), a.reshape(16, 3))
+    for k in (0, 9):
+        jac = torch.autograd.functional.jacobian(lambda t, k=k: flow.from_base(t, cc[k:k + 1]), z[k:k + 1])
+        log_det = torch.linalg.slogdet(jac.reshape(3, 3))[1]
+        log_base = -0.5 * (z[k] ** 2).sum() - 1.5 * torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64))
+        torch.testing.assert_close(flow.log_prob(a.reshape(16, 3)[k:k + 1], cc[k:k + 1])[0], log_base - log_det)
+
+
+def test_unknown_flow_is_refused() -> None:
+    with pytest.raises(ValueError, match="flow must be one of"):
+        RetrievalModel(n_bins=4, n_params=2, flow="planar")

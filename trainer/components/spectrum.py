@@ -15,7 +15,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -48,8 +48,12 @@ NumberT = TypeVar("NumberT", int, float)
 class SpectrumModelConfig(ModelConfig):
     channels: int = Field(32, gt=0, description="CNN channels")
     context: int = Field(64, gt=0, description="encoder output width (flow conditioning)")
-    hidden: int = Field(128, gt=0, description="coupling-network width")
-    flow_layers: int = Field(6, gt=0, description="affine coupling layers")
+    flow: Literal["affine", "spline-coupling", "spline-autoregressive"] = Field(
+        "affine", description="affine: RealNVP couplings; spline-*: rational-quadratic spline transforms (zuko "
+        "NSF), coupling (fast sampling) or autoregressive")
+    hidden: int = Field(128, gt=0, description="width of the networks that set each flow layer")
+    flow_layers: int = Field(6, gt=0, description="flow layers (coupling or spline transforms)")
+    spline_bins: int = Field(8, gt=1, description="spline segments per parameter (spline flows)")
     posterior_samples: int = Field(1000, gt=0, description="samples per spectrum in report and predict")
     report_spectra: int = Field(500, gt=0, description="held-out spectra scored in the report (at most)")
     min_rows: int = Field(200, gt=0, description="fewer spectra than this stops the run")
@@ -214,7 +218,7 @@ class SpectrumComponent(Component):
     def build_model(self, data: ComponentData | None) -> nn.Module:
         cfg: SpectrumModelConfig = self.model_cfg
         return RetrievalModel(len(self.bin_wavelength), len(self.parameters), cfg.channels, cfg.context, cfg.hidden,
-                              cfg.flow_layers, float(self.relative_gain[0]))
+                              cfg.flow_layers, float(self.relative_gain[0]), cfg.flow, cfg.spline_bins)
 
     def noisy_input(self, x: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
         """Training input: where draw = 1, the error bars (channel 1) inflated by a factor from [1,

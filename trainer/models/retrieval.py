@@ -1,13 +1,18 @@
-"""Retrieval network: a 1-D CNN over (depth, uncertainty, mask) per bin conditioning an affine-coupling flow.
+"""Retrieval network: a 1-D CNN over (depth, uncertainty, mask) per bin conditioning a normalizing flow.
 
 The encoder splits each spectrum into its mean depth over the observed bins (set mostly by the planet radius) and
 the depths relative to that mean (the absorption features), so the convolutions see features at their own scale
 instead of riding on a level that varies more across the training set than the features do.
 
-The flow (RealNVP, Dinh et al. 2017) maps standardised parameters theta to a standard normal z with conditional
-affine couplings and fixed permutations; its log-density and its inverse (sampling) are exact and cheap, which
-is what a posterior needs (ADC2023's best entries were flows). Masked bins enter as zeros with mask 0, so one
-network serves spectra of any subset of the training bins (PRISM, G395H, or both).
+Two flows map standardised parameters theta to a standard normal z; both have an exact log-density and an exact
+inverse (sampling), which is what a posterior needs (ADC2023's best entries were flows):
+- `ConditionalFlow` (RealNVP, Dinh et al. 2017): conditional affine couplings with fixed permutations;
+- `SplineFlow`: rational-quadratic spline transforms (neural spline flow, Durkan et al. 2019), built with `zuko`,
+  either coupling (half the parameters condition the other half; two network passes to sample) or fully
+  autoregressive (one pass per parameter to sample); each parameter's conditional is a monotone spline, so it
+  can bend along curved ridges and be skewed, which an affine map cannot.
+Masked bins enter as zeros with mask 0, so one network serves spectra of any subset of the training bins
+(PRISM, G395H, or both).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import zuko
 from torch import nn
 
 
@@ -73,8 +79,36 @@ class AffineCoupling(nn.Module):
         return (y - t) * torch.exp(-s)
 
 
-class ConditionalFlow(nn.Module):
-    """log p(theta | c) = log N(f(theta); 0, I) + log|det df/dtheta|.
+class BaseNormalFlow(nn.Module):
+    """log p(theta | c) = log N(f(theta); 0, I) + log|det df/dtheta| for an invertible f given by the subclass's
+    `to_base` (theta -> z and log|det|) and `from_base` (z -> theta); `base_scale` > 1 gives the widened flow
+    whose base is N(0, base_scale^2 I)."""
+
+    dim: int
+
+    def to_base(self, theta: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def from_base(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The inverse map: base points z (N, dim) with their contexts c (N, context) -> theta (N, dim)."""
+        raise NotImplementedError
+
+    def log_prob(self, theta: torch.Tensor, c: torch.Tensor, base_scale: float = 1.0) -> torch.Tensor:
+        x, logdet = self.to_base(theta, c)
+        base = (-0.5 * ((x / base_scale) ** 2).sum(dim=1) - self.dim * math.log(base_scale)
+                - 0.5 * self.dim * math.log(2 * math.pi))
+        return base + logdet
+
+    def sample(self, c: torch.Tensor, n: int, generator: torch.Generator | None = None,
+               base_scale: float = 1.0) -> torch.Tensor:
+        """(B, context) -> (B, n, dim) samples (of the widened flow for base_scale > 1)."""
+        b = c.shape[0]
+        z = torch.randn(b * n, self.dim, generator=generator, device=c.device, dtype=c.dtype) * base_scale
+        return self.from_base(z, c.repeat_interleave(n, dim=0)).reshape(b, n, self.dim)
+
+
+class ConditionalFlow(BaseNormalFlow):
+    """f = `layers` conditional affine couplings (RealNVP).
 
     Couplings come in pairs with complementary masks on the same ordering, so each pair transforms every
     parameter once; a fixed random permutation before each pair mixes which parameters condition which. (A
@@ -96,35 +130,55 @@ class ConditionalFlow(nn.Module):
         self.register_buffer("perms", torch.stack(perms))
         self.register_buffer("inverse_perms", torch.stack([torch.argsort(p) for p in perms]))
 
-    def log_prob(self, theta: torch.Tensor, c: torch.Tensor, base_scale: float = 1.0) -> torch.Tensor:
-        """`base_scale` > 1: the density of the widened flow whose base is N(0, base_scale^2 I)."""
+    def to_base(self, theta: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, logdet = theta, torch.zeros(theta.shape[0], device=theta.device, dtype=theta.dtype)
         for coupling, perm in zip(self.couplings, self.perms, strict=True):
             x, ld = coupling(x[:, perm], c)
             logdet = logdet + ld
-        base = (-0.5 * ((x / base_scale) ** 2).sum(dim=1) - self.dim * math.log(base_scale)
-                - 0.5 * self.dim * math.log(2 * math.pi))
-        return base + logdet
+        return x, logdet
 
-    def sample(self, c: torch.Tensor, n: int, generator: torch.Generator | None = None,
-               base_scale: float = 1.0) -> torch.Tensor:
-        """(B, context) -> (B, n, dim) samples (of the widened flow for base_scale > 1)."""
-        b = c.shape[0]
-        z = torch.randn(b * n, self.dim, generator=generator, device=c.device, dtype=c.dtype) * base_scale
-        cc = c.repeat_interleave(n, dim=0)
+    def from_base(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         for coupling, inv in zip(reversed(self.couplings), reversed(self.inverse_perms), strict=True):
-            z = coupling.inverse(z, cc)[:, inv]
-        return z.reshape(b, n, self.dim)
+            z = coupling.inverse(z, c)[:, inv]
+        return z
+
+
+class SplineFlow(BaseNormalFlow):
+    """f = `layers` rational-quadratic spline
+    transforms (zuko's NSF, `bins` segments on [-5, 5], identity outside) with the variable order reversed between
+    transforms, coupling or autoregressive. Same interface as `ConditionalFlow`; the base draw is taken from the
+    caller's generator, so sampling is reproducible."""
+
+    def __init__(self, dim: int, context: int, hidden: int, layers: int, bins: int = 8,
+                 coupling: bool = True) -> None:
+        super().__init__()
+        self.dim = dim
+        self.nsf = zuko.flows.NSF(dim, context=context, bins=bins, transforms=layers, hidden_features=(hidden, hidden),
+                                  passes=2 if coupling else None)
+
+    def to_base(self, theta: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.nsf(c).transform.call_and_ladj(theta)
+
+    def from_base(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.nsf(c).transform.inv(z)
+
+
+FLOWS = ("affine", "spline-coupling", "spline-autoregressive")
 
 
 class RetrievalModel(nn.Module):
-    """Spectrum (B, 3, nbins) -> conditional flow over standardised parameters."""
+    """Spectrum (B, 3, nbins) -> conditional flow (`flow`: one of FLOWS) over standardised parameters."""
 
     def __init__(self, n_bins: int, n_params: int, channels: int = 32, context: int = 64, hidden: int = 128,
-                 layers: int = 6, relative_gain: float = 1.0) -> None:
+                 layers: int = 6, relative_gain: float = 1.0, flow: str = "affine", spline_bins: int = 8) -> None:
         super().__init__()
         self.encoder = SpectrumEncoder(n_bins, channels, context, relative_gain)
-        self.flow = ConditionalFlow(n_params, context, hidden, layers)
+        if flow == "affine":
+            self.flow: BaseNormalFlow = ConditionalFlow(n_params, context, hidden, layers)
+        elif flow in FLOWS:
+            self.flow = SplineFlow(n_params, context, hidden, layers, spline_bins, coupling=flow == "spline-coupling")
+        else:
+            raise ValueError(f"flow must be one of {FLOWS}, not {flow!r}")
 
     def forward(self, spectrum: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """Log-density of standardised theta given the spectrum, (B,)."""
