@@ -3,6 +3,8 @@
     python -m bench.spectrum_sampler sample --root DATA --out DIR [--n-test 3]   # dynesty, slow
     python -m bench.spectrum_sampler compare --model RUN --root DATA --out DIR     # network, fast; writes DIR/*.md
         [--importance N]  # also the network's N proposals reweighted by the forward model (slower)
+    python -m bench.spectrum_sampler agreement --reference DIR --other DIR2   # dynesty vs dynesty (another seed
+        or more live points) on the spectra both hold: the KS noise of the reference itself
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
             continue
         r = run_sampler(spec["wavelength_um"], spec["half_width_um"], spec["depth"], spec["error"],
                         priors={k: tuple(v) for k, v in priors.items()}, n_layers=args.n_layers, nlive=args.nlive,
-                        dlogz=args.dlogz, bootstrap=args.bootstrap)
+                        dlogz=args.dlogz, bootstrap=args.bootstrap, seed=args.seed)
         np.savez(path, samples=r.samples, seconds=r.seconds, calls=r.likelihood_calls, logz=r.log_evidence,
                  truth=np.full(len(PARAMETERS), np.nan) if truth is None else truth)
         print(f"{name}: {r.seconds:.0f} s, {r.likelihood_calls} likelihood calls", flush=True)
@@ -297,6 +299,32 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print("\n".join(md))
 
 
+def cmd_agreement(args: argparse.Namespace) -> None:
+    """KS per parameter between two sampler runs of the same spectra; writes OTHER/agreement.md and .json."""
+    rows, table = [], []
+    for path in sorted(args.reference.glob("sampler-*.npz")):
+        other = args.other / path.name
+        if not other.is_file():
+            continue
+        with np.load(path, allow_pickle=False) as a, np.load(other, allow_pickle=False) as b:
+            ks = [ks_distance(a["samples"][:, j], b["samples"][:, j]) for j in range(len(PARAMETERS))]
+            calls = (int(a["calls"]), int(b["calls"]))
+            logz = (float(a["logz"]), float(b["logz"]))
+        name = path.stem.removeprefix("sampler-")
+        rows.append({"name": name, "ks": ks, "calls": calls, "logz": logz})
+        table.append(f"| {name} | " + " | ".join(f"{k:.2f}" for k in ks) + f" | {np.mean(ks):.3f} | {calls[0]} / "
+                     f"{calls[1]} | {logz[0]:.1f} / {logz[1]:.1f} |")
+    if not rows:
+        raise SystemExit(f"no sampler-*.npz in both {args.reference} and {args.other}: run `sample` into both")
+    md = [f"## dynesty vs dynesty: {args.reference} vs {args.other}", "",
+          "| spectrum | " + " | ".join(PARAMETERS) + " | mean KS | likelihood calls | log Z |",
+          "|---|" + "---|" * (len(PARAMETERS) + 3), *table, "",
+          f"Mean KS over {len(rows)} spectra: {np.mean([r['ks'] for r in rows]):.3f}."]
+    (args.other / "agreement.md").write_text("\n".join(md) + "\n")
+    (args.other / "agreement.json").write_text(json.dumps(rows) + "\n")
+    print("\n".join(md))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -308,6 +336,7 @@ def main() -> None:
     s.add_argument("--nlive", type=int, default=100)
     s.add_argument("--dlogz", type=float, default=1.0)
     s.add_argument("--bootstrap", type=int, default=None, help="dynesty bootstraps (0: fixed enlargement)")
+    s.add_argument("--seed", type=int, default=0, help="dynesty's random state (live points and resampling)")
     s.add_argument("--no-wasp39b", action="store_true", help="only the simulated test spectra")
     s.add_argument("--wasp39b-error-scale", type=float, default=1.0,
                    help="multiply the real spectrum's error bars (the network gets the same spectrum)")
@@ -323,8 +352,11 @@ def main() -> None:
     c.add_argument("--importance-coverage-split", choices=("test", "val"), default="test")
     c.add_argument("--importance-widen", type=float, default=1.0,
                    help="widen the flow's base distribution by this factor for the proposals")
+    a = sub.add_parser("agreement")
+    a.add_argument("--reference", type=Path, required=True, help="a `sample` output folder")
+    a.add_argument("--other", type=Path, required=True, help="another one, of the same spectra")
     args = parser.parse_args()
-    {"sample": cmd_sample, "compare": cmd_compare}[args.cmd](args)
+    {"sample": cmd_sample, "compare": cmd_compare, "agreement": cmd_agreement}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -280,3 +280,15 @@ def test_sampler_bench_compares_the_network_with_dynesty_on_a_held_out_spectrum(
     assert len(reweighted["ks"]) == 7 and 0 < reweighted["effective_samples"] <= 64
     assert np.isfinite(reweighted["log_evidence"]) and "Network + importance sampling" in text
     assert "Calibration of the importance-sampled posterior on 3 test-split" in text
+    # the same spectrum sampled again with another seed: `agreement` measures the reference's own KS noise
+    other = tmp_path / "seed1"
+    again = bench("sample", "--root", str(sim_root), "--out", str(other), "--n-test", "1", "--no-wasp39b",
+                  "--n-layers", "16", "--nlive", "15", "--dlogz", "50", "--bootstrap", "0", "--seed", "1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    agreement = bench("agreement", "--reference", str(out), "--other", str(other))
+    assert agreement.returncode == 0, agreement.stderr[-3000:]
+    [row] = json.loads((other / "agreement.json").read_text())
+    assert row["name"] == done.stem.removeprefix("sampler-") and len(row["ks"]) == 7
+    assert 0 < np.mean(row["ks"]) < 1  # different seeds: not the same draws, yet the same posterior
+    nothing = bench("agreement", "--reference", str(out), "--other", str(tmp_path))
+    assert nothing.returncode != 0 and "run `sample` into both" in nothing.stderr
