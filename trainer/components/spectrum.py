@@ -15,7 +15,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +39,7 @@ from trainer.components.base import (
     StepOutput,
 )
 from trainer.components.spectrum_importance import ImportanceResult, importance_posterior
-from trainer.models.retrieval import RetrievalModel
+from trainer.models.retrieval import FlowName, RetrievalModel
 from trainer.spectrum_likelihood import SpectrumLikelihood
 
 NumberT = TypeVar("NumberT", int, float)
@@ -48,7 +48,7 @@ NumberT = TypeVar("NumberT", int, float)
 class SpectrumModelConfig(ModelConfig):
     channels: int = Field(32, gt=0, description="CNN channels")
     context: int = Field(64, gt=0, description="encoder output width (flow conditioning)")
-    flow: Literal["affine", "spline-coupling", "spline-autoregressive"] = Field(
+    flow: FlowName = Field(
         "affine", description="affine: RealNVP couplings; spline-*: rational-quadratic spline transforms (zuko "
         "NSF), coupling (fast sampling) or autoregressive")
     hidden: int = Field(128, gt=0, description="width of the networks that set each flow layer")

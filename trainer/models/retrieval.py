@@ -18,6 +18,7 @@ Masked bins enter as zeros with mask 0, so one network serves spectra of any sub
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import zuko
@@ -144,10 +145,9 @@ class ConditionalFlow(BaseNormalFlow):
 
 
 class SplineFlow(BaseNormalFlow):
-    """f = `layers` rational-quadratic spline
-    transforms (zuko's NSF, `bins` segments on [-5, 5], identity outside) with the variable order reversed between
-    transforms, coupling or autoregressive. Same interface as `ConditionalFlow`; the base draw is taken from the
-    caller's generator, so sampling is reproducible."""
+    """f = `layers` rational-quadratic spline transforms (zuko's NSF, `bins` segments on [-5, 5], identity
+    outside) with the variable order reversed between transforms, coupling or autoregressive. Same interface as
+    `ConditionalFlow`; the base draw is taken from the caller's generator, so sampling is reproducible."""
 
     def __init__(self, dim: int, context: int, hidden: int, layers: int, bins: int = 8,
                  coupling: bool = True) -> None:
@@ -163,14 +163,15 @@ class SplineFlow(BaseNormalFlow):
         return self.nsf(c).transform.inv(z)
 
 
-FLOWS = ("affine", "spline-coupling", "spline-autoregressive")
+FlowName = Literal["affine", "spline-coupling", "spline-autoregressive"]
+FLOWS: tuple[str, ...] = get_args(FlowName)
 
 
 class RetrievalModel(nn.Module):
     """Spectrum (B, 3, nbins) -> conditional flow (`flow`: one of FLOWS) over standardised parameters."""
 
     def __init__(self, n_bins: int, n_params: int, channels: int = 32, context: int = 64, hidden: int = 128,
-                 layers: int = 6, relative_gain: float = 1.0, flow: str = "affine", spline_bins: int = 8) -> None:
+                 layers: int = 6, relative_gain: float = 1.0, flow: FlowName = "affine", spline_bins: int = 8) -> None:
         super().__init__()
         self.encoder = SpectrumEncoder(n_bins, channels, context, relative_gain)
         if flow == "affine":
