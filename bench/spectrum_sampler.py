@@ -2,6 +2,8 @@
 
     python -m bench.spectrum_sampler sample --root DATA --out DIR [--n-test 3]   # dynesty, slow
     python -m bench.spectrum_sampler compare --model RUN --root DATA --out DIR     # network, fast; writes DIR/*.md
+        [--model RUN2 ...]  # an equal-weight mixture of several trained runs (an ensemble)
+        [--report-dir DIR2]  # write the tables and figures there instead of DIR
         [--importance N]  # also the network's N proposals reweighted by the forward model (slower)
     python -m bench.spectrum_sampler agreement --reference DIR --other DIR2   # dynesty vs dynesty (another seed
         or more live points) on the spectra both hold: the KS noise of the reference itself
@@ -81,9 +83,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
             continue
         r = run_sampler(spec["wavelength_um"], spec["half_width_um"], spec["depth"], spec["error"],
                         priors={k: tuple(v) for k, v in priors.items()}, n_layers=args.n_layers, nlive=args.nlive,
-                        dlogz=args.dlogz, bootstrap=args.bootstrap, seed=args.seed)
+                        dlogz=args.dlogz, bootstrap=args.bootstrap, seed=args.seed, sample=args.sample)
+        settings = {"nlive": args.nlive, "dlogz": args.dlogz, "bootstrap": args.bootstrap, "sample": args.sample,
+                    "seed": args.seed, "n_layers": args.n_layers}
         np.savez(path, samples=r.samples, seconds=r.seconds, calls=r.likelihood_calls, logz=r.log_evidence,
-                 truth=np.full(len(PARAMETERS), np.nan) if truth is None else truth)
+                 truth=np.full(len(PARAMETERS), np.nan) if truth is None else truth,
+                 settings=np.array(json.dumps(settings)))
         print(f"{name}: {r.seconds:.0f} s, {r.likelihood_calls} likelihood calls", flush=True)
 
 
@@ -92,6 +97,29 @@ def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
     fa = np.searchsorted(np.sort(a), grid, side="right") / len(a)
     fb = np.searchsorted(np.sort(b), grid, side="right") / len(b)
     return float(np.abs(fa - fb).max())
+
+
+def width_and_shift(net: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per parameter: the network's posterior standard deviation over the sampler's, and the distance between
+    their means in units of the sampler's standard deviation. KS mixes the two; these say which one it is."""
+    ref_std = ref.std(axis=0) + 1e-12
+    return net.std(axis=0) / ref_std, np.abs(net.mean(axis=0) - ref.mean(axis=0)) / ref_std
+
+
+def truth_inside(samples: np.ndarray, truth: np.ndarray, level: int) -> np.ndarray:
+    """Per parameter: whether the true value lies inside the samples' central `level`% interval."""
+    lo, hi = np.percentile(samples, [50 - level / 2, 50 + level / 2], axis=0)
+    return (truth >= lo) & (truth <= hi)
+
+
+def ensemble_posterior(bundles: list, x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """(B, 3, bins) features -> (B, n, params): an equal-weight mixture of the bundles' posteriors (each member
+    draws its share of the n samples with its own seed); one bundle is its own posterior."""
+    import torch
+
+    shares = [n // len(bundles) + (k < n % len(bundles)) for k in range(len(bundles))]
+    return np.concatenate([b.component.posterior(b.model, x, m, torch.device("cpu"), seed=seed + 7919 * k)
+                           for k, (b, m) in enumerate(zip(bundles, shares, strict=True))], axis=1)
 
 
 def held_out_inputs(root: str, comp, n: int, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
@@ -109,14 +137,13 @@ def held_out_inputs(root: str, comp, n: int, split: str = "test") -> tuple[np.nd
     return comp.features(a["depth"][idx], a["error"][idx], a["mask"][idx].astype(bool)), a["params"][idx]
 
 
-def calibration(root: str, comp, model, out: Path, n: int = 200) -> list[str]:
+def calibration(root: str, bundles: list, out: Path, n: int = 200) -> list[str]:
     """Coverage of central intervals at several levels on held-out simulated spectra, as a PNG and a table."""
     import matplotlib.pyplot as plt
-    import torch
 
+    comp = bundles[0].component
     x, truth = held_out_inputs(root, comp, n)
-    samples = np.concatenate([comp.posterior(model, x[i:i + 50], 500, torch.device("cpu"), seed=i)
-                              for i in range(0, len(x), 50)])
+    samples = np.concatenate([ensemble_posterior(bundles, x[i:i + 50], 500, seed=i) for i in range(0, len(x), 50)])
     levels = np.array([10, 20, 30, 40, 50, 60, 68, 80, 90, 95])
     cov = np.zeros((len(levels), len(comp.parameters)))
     for li, lev in enumerate(levels):
@@ -186,30 +213,41 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     from trainer.bundle import load_bundle
 
-    bundle = load_bundle(args.model, "cpu")
-    comp = bundle.component
+    bundles = [load_bundle(m, "cpu") for m in args.model]
+    bundle, comp = bundles[0], bundles[0].component
+    if any(b.component.parameters != comp.parameters or not np.array_equal(b.component.bin_wavelength,
+                                                                           comp.bin_wavelength) for b in bundles):
+        raise SystemExit("--model runs of an ensemble must share parameters and bins (train them on one data set)")
+    if len(bundles) > 1 and (args.importance or args.importance_coverage):
+        raise SystemExit("importance sampling reweights one run's proposals: pass a single --model with --importance")
+    args.report_dir = args.report_dir or args.out
+    args.report_dir.mkdir(parents=True, exist_ok=True)
     lines = ["| spectrum | " + " | ".join(comp.parameters) + " | mean KS | sampler s | network s |",
              "|---|" + "---|" * (len(comp.parameters) + 3)]
     ks_all, overlap_rows, speed, names = [], [], [], []
+    shape_lines = ["| spectrum | " + " | ".join(comp.parameters) + " | width ratio (geo. mean) | mean shift |",
+                   "|---|" + "---|" * (len(comp.parameters) + 2)]
+    shapes: list[dict] = []
+    inside: dict[str, list[np.ndarray]] = {f"{who}{level}": [] for who in ("sampler", "network") for level in (68, 95)}
     importance: list[dict] = []
     is_lines = ["| spectrum | " + " | ".join(comp.parameters) + " | mean KS | effective samples | log Z (IS / "
                 "dynesty) | IS s |", "|---|" + "---|" * (len(comp.parameters) + 4)]
     for path in sorted(args.out.glob("sampler-*.npz")):
         name = path.stem.removeprefix("sampler-")
         with np.load(path, allow_pickle=False) as z:
-            ref, seconds, logz = z["samples"], float(z["seconds"]), float(z["logz"])
+            ref, seconds, logz, truth = z["samples"], float(z["seconds"]), float(z["logz"]), z["truth"]
         scale = float(name.removeprefix("wasp39b-errx")) if name.startswith("wasp39b-errx") else 1.0
         spec = wasp39b_prism(scale) if name.startswith("wasp39b") else next(
             s for s in test_spectra(args.root, 50) if f"test-{s['index']}" == name)
-        csv = args.out / f"{name}.csv"
+        csv = args.report_dir / f"{name}.csv"
         with open(csv, "w") as f:
             f.write("wavelength_um,depth,error\n")
             for w, d, e in zip(spec["wavelength_um"], spec["depth"], spec["error"], strict=True):
                 f.write(f"{w},{d},{e}\n")
         x, _ = comp.read_spectrum(str(csv), [])
-        comp.posterior(bundle.model, x, 10, torch.device("cpu"))  # warm-up
+        ensemble_posterior(bundles, x, 10)  # warm-up
         t0 = time.perf_counter()
-        net = comp.posterior(bundle.model, x, 1000, torch.device("cpu"))[0]
+        net = ensemble_posterior(bundles, x, 1000)[0]
         net_s = time.perf_counter() - t0
         ks = [ks_distance(net[:, j], ref[:, j]) for j in range(len(comp.parameters))]
         ks_all.append(ks)
@@ -217,6 +255,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
         speed.append((seconds, net_s))
         lines.append(f"| {name} | " + " | ".join(f"{k:.2f}" for k in ks) + f" | {np.mean(ks):.2f} | {seconds:.0f} | "
                      f"{net_s:.3f} |")
+        if np.isfinite(truth).all():
+            for level in (68, 95):
+                inside[f"sampler{level}"].append(truth_inside(ref, truth, level))
+                inside[f"network{level}"].append(truth_inside(net, truth, level))
+        width, shift = width_and_shift(net, ref)
+        shapes.append({"name": name, "width_ratio": width.tolist(), "mean_shift": shift.tolist()})
+        shape_lines.append(f"| {name} | " + " | ".join(f"{w:.2f} / {d:.2f}" for w, d in zip(width, shift, strict=True))
+                           + f" | {np.exp(np.log(width).mean()):.2f} | {shift.mean():.2f} |")
         if args.importance:
             r = comp.importance_posterior(bundle.model, x, args.importance, 1000, torch.device("cpu"),
                                           widen=args.importance_widen)
@@ -263,14 +309,29 @@ def cmd_compare(args: argparse.Namespace) -> None:
             errors = "" if scale == 1 else f", error bars x{scale:g}"
             fig.suptitle(f"WASP-39b, NIRSpec PRISM (3.9-4.2 um masked{errors}): network (blue)"
                          + (", network + IS (red)" if args.importance else "") + " vs dynesty (black)")
-            fig.savefig(args.out / f"{name}_corner.png", dpi=90)
+            fig.savefig(args.report_dir / f"{name}_corner.png", dpi=90)
             plt.close(fig)
     ks_mean = float(np.mean(ks_all)) if ks_all else float("nan")
     simulated = [k for k, n in zip(ks_all, names, strict=True) if n.startswith("test-")]
     ks_sim = float(np.mean(simulated)) if simulated else float("nan")
-    md = ["## Network vs nested sampling (dynesty, same forward model and priors)", "", *lines, "",
+    models = ", ".join(str(m) for m in args.model)
+    md = ["## Network vs nested sampling (dynesty, same forward model and priors)", "",
+          f"Network: {models}" + (f" (equal-weight mixture of {len(bundles)})" if len(bundles) > 1 else "") + ".", "",
+          *lines, "",
           f"Mean KS distance over spectra and parameters: {ks_mean:.3f} (goal < 0.2); over the simulated spectra "
-          f"only: {ks_sim:.3f}.", ""]
+          f"only: {ks_sim:.3f}.", "",
+          "Posterior width and location, network against dynesty, per parameter: standard deviation ratio / "
+          "distance between the means in dynesty standard deviations (1.00 / 0.00 would be the same).", "",
+          *shape_lines, ""]
+    if inside["sampler68"]:
+        values = len(inside["sampler68"]) * len(comp.parameters)
+        share = {k: int(np.sum(v)) for k, v in inside.items()}
+        md += [f"True values inside the central intervals, over the {len(inside['sampler68'])} simulated spectra x "
+               f"{len(comp.parameters)} parameters (a calibrated posterior holds about 68% and 95% of them; "
+               "this checks the reference as much as the network):", "",
+               "| posterior | inside 68% | inside 95% |", "|---|---|---|",
+               *(f"| {who} | {share[who + '68']} / {values} | {share[who + '95']} / {values} |"
+                 for who in ("sampler", "network")), ""]
     if speed:
         ratio = np.mean([s / n for s, n in speed])
         md.append(f"Speed: sampler {np.mean([s for s, _ in speed]):.0f} s per spectrum vs network "
@@ -282,7 +343,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
                "model, 1000 resampled)", "", *is_lines, "",
                f"Mean KS: {np.mean([r['ks'] for r in importance]):.3f}; over the simulated spectra only: "
                f"{np.mean(sim_is) if sim_is else float('nan'):.3f}. Speed vs the sampler: {ratio_is:,.0f}x."]
-    md += ["", *calibration(args.root, comp, bundle.model, args.out)]
+    md += ["", *calibration(args.root, bundles, args.report_dir)]
     if args.importance_coverage:
         md += importance_calibration(args.root, comp, bundle.model, args.importance_coverage,
                                      args.importance_coverage_proposals, args.importance_coverage_split,
@@ -292,10 +353,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
         md += ["", "### WASP-39b 95% intervals", "", "| target | parameter | network | dynesty | overlap |"
                + (" network + IS |" if importance else ""), "|---|---|---|---|---|" + ("---|" if importance else ""),
                *overlap_rows, "", *[c.replace("sampler-", "") for c in corners]]
-    (args.out / "sampler_comparison.md").write_text("\n".join(md) + "\n")
-    summary = {"ks_mean": ks_mean, "ks_simulated": ks_sim, "names": names, "ks": ks_all, "speed": speed,
-               "importance": importance}
-    (args.out / "sampler_comparison.json").write_text(json.dumps(summary) + "\n")
+    (args.report_dir / "sampler_comparison.md").write_text("\n".join(md) + "\n")
+    summary = {"models": [str(m) for m in args.model], "ks_mean": ks_mean, "ks_simulated": ks_sim, "names": names,
+               "ks": ks_all, "shape": shapes, "truth_inside": {k: int(np.sum(v)) for k, v in inside.items()},
+               "speed": speed, "importance": importance}
+    (args.report_dir / "sampler_comparison.json").write_text(json.dumps(summary) + "\n")
     print("\n".join(md))
 
 
@@ -337,11 +399,16 @@ def main() -> None:
     s.add_argument("--dlogz", type=float, default=1.0)
     s.add_argument("--bootstrap", type=int, default=None, help="dynesty bootstraps (0: fixed enlargement)")
     s.add_argument("--seed", type=int, default=0, help="dynesty's random state (live points and resampling)")
+    s.add_argument("--sample", choices=("auto", "unif", "rwalk", "slice", "rslice"), default="auto",
+                   help="dynesty's proposal method (auto = unif in 7 dimensions; rslice does not trust the bound)")
     s.add_argument("--no-wasp39b", action="store_true", help="only the simulated test spectra")
     s.add_argument("--wasp39b-error-scale", type=float, default=1.0,
                    help="multiply the real spectrum's error bars (the network gets the same spectrum)")
     c = sub.add_parser("compare")
-    c.add_argument("--model", required=True)
+    c.add_argument("--model", required=True, action="append",
+                   help="a trained spectrum run; repeat it for an equal-weight mixture (ensemble) of runs")
+    c.add_argument("--report-dir", type=Path, default=None,
+                   help="where the tables and figures go (default: --out, beside the sampler runs)")
     c.add_argument("--root", required=True)
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--importance", type=int, default=0,

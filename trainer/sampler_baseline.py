@@ -26,10 +26,14 @@ class SamplerResult:
 
 def run_sampler(wavelength: np.ndarray, half_width: np.ndarray, depth: np.ndarray, error: np.ndarray,
                 priors: dict[str, tuple[float, float]] | None = None, n_layers: int = 50, nlive: int = 200,
-                dlogz: float = 0.5, seed: int = 0, batch: int = 64, bootstrap: int | None = None) -> SamplerResult:
+                dlogz: float = 0.5, seed: int = 0, batch: int = 64, bootstrap: int | None = None,
+                sample: str = "auto") -> SamplerResult:
     """Posterior samples for one observed spectrum (bins given by centre and half width). `bootstrap`: dynesty's
     ellipsoid-enlargement bootstraps (None: its default; 0: a fixed enlargement, cheaper when bootstrapping
-    blows the ellipsoids up)."""
+    blows the ellipsoids up). `sample`: dynesty's way of drawing a new live point; `auto` is `unif` below 10
+    dimensions (uniform inside the bounding ellipsoids, so a bound that cuts off part of the likelihood
+    contour cuts it off the posterior too); `rslice` (random slices that step out past the bound) does not
+    depend on the bound being right, at more likelihood calls per point."""
     try:
         import dynesty
         from dynesty.utils import LoglOutput
@@ -63,7 +67,7 @@ def run_sampler(wavelength: np.ndarray, half_width: np.ndarray, depth: np.ndarra
     t0 = time.perf_counter()
     sampler = dynesty.NestedSampler(loglike, prior_transform, len(PARAMETERS), nlive=nlive,
                                     rstate=np.random.default_rng(seed), pool=pool, queue_size=batch,
-                                    bootstrap=bootstrap,
+                                    bootstrap=bootstrap, sample=sample,
                                     use_pool={"prior_transform": False, "loglikelihood": True,
                                               "propose_point": False, "update_bound": False})
     sampler.run_nested(dlogz=dlogz, print_progress=False)

@@ -1,14 +1,15 @@
 """The conditional flows (affine coupling, spline coupling, spline autoregressive) are normalised densities with
-exact inverses, and every parameter depends on the spectrum."""
+exact inverses, and every parameter depends on the spectrum; an ensemble of networks is their mixture."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
 import torch
 
-from trainer.models.retrieval import FLOWS, ConditionalFlow, RetrievalModel, SplineFlow
+from trainer.models.retrieval import FLOWS, ConditionalFlow, RetrievalEnsemble, RetrievalModel, SplineFlow
 
 FlowFactory = Callable[..., torch.nn.Module]
 FLOW_FACTORIES: dict[str, FlowFactory] = {
@@ -143,3 +144,62 @@ def test_log_prob_is_the_change_of_variables_of_sample(make_flow: FlowFactory) -
 def test_unknown_flow_is_refused() -> None:
     with pytest.raises(ValueError, match="flow must be one of"):
         RetrievalModel(n_bins=4, n_params=2, flow="planar")
+
+
+def small_ensemble(members: int, n_params: int = 1) -> RetrievalEnsemble:
+    torch.manual_seed(0)
+    ensemble = RetrievalEnsemble(members, n_bins=6, n_params=n_params, channels=3, context=4, hidden=8, layers=2,
+                                 flow="spline-coupling")
+    with torch.no_grad():
+        for member in ensemble.members:
+            for p in member.flow.parameters():
+                p.add_(torch.randn_like(p) * 0.3)  # members start apart anyway; make each map non-trivial
+    return ensemble.double()
+
+
+def spectrum_input(batch: int, n_bins: int = 6) -> torch.Tensor:
+    x = torch.randn(batch, 3, n_bins, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x[:, 2] = 1.0
+    return x
+
+
+def test_ensemble_members_start_apart_and_train_as_their_mean_log_density() -> None:
+    ensemble = small_ensemble(3, n_params=2)
+    first, second = (dict(m.encoder.named_parameters()) for m in ensemble.members[:2])
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # each member draws its own weights
+    x, theta = spectrum_input(4), torch.randn(4, 2, dtype=torch.float64)
+    torch.testing.assert_close(ensemble(x, theta), torch.stack([m(x, theta) for m in ensemble.members]).mean(0))
+    mixture = torch.logsumexp(torch.stack([m(x, theta) for m in ensemble.members]), 0) - math.log(3)
+    torch.testing.assert_close(ensemble.log_prob(x, theta), mixture)
+    with pytest.raises(ValueError, match="at least 2 members"):
+        RetrievalEnsemble(1, n_bins=6, n_params=2)
+
+
+def test_ensemble_mixture_is_a_density_and_its_samples_follow_it() -> None:
+    """The mixture's log_prob integrates to 1 (also widened), and sample() draws from that mixture: its quantiles
+    match the mixture's CDF, which differs from either member's; the draws are shuffled across members."""
+    ensemble = small_ensemble(2)
+    x = spectrum_input(1)
+    grid = torch.linspace(-40, 40, 40001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        for scale in (1.0, 1.5):
+            total = torch.trapezoid(ensemble.log_prob(x, grid, base_scale=scale).exp(), grid[:, 0])
+            assert abs(total.item() - 1.0) < 1e-3
+        density = ensemble.log_prob(x, grid).exp()
+        member_medians = []
+        for m in ensemble.members:
+            cdf = torch.cumulative_trapezoid(m.log_prob(x, grid).exp(), grid[:, 0])
+            member_medians.append(grid[1:, 0][torch.searchsorted(cdf, torch.tensor(0.5, dtype=torch.float64))])
+    assert abs(member_medians[0] - member_medians[1]) > 1.0  # the members disagree: the mixture is neither
+    cdf = torch.cumulative_trapezoid(density, grid[:, 0])
+    samples = ensemble.sample(x, 20001, torch.Generator().manual_seed(0))
+    assert samples.shape == (1, 20001, 1)
+    for q in (0.1, 0.5, 0.9):
+        expected = grid[1:, 0][torch.searchsorted(cdf, torch.tensor(q, dtype=torch.float64))]
+        assert abs(torch.quantile(samples[0, :, 0], q).item() - expected.item()) < 0.05 * (1 + abs(expected.item()))
+    # any prefix mixes both members: the first 2,000 draws have about the mixture's median too
+    cut = (member_medians[0] + member_medians[1]) / 2
+    share_low = (samples[0, :2000, 0] < cut).double().mean().item()
+    assert 0.3 < share_low < 0.7
+    again = ensemble.sample(x, 20001, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, samples)

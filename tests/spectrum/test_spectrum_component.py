@@ -164,6 +164,34 @@ def test_predict_with_importance_sampling_reports_the_effective_sample_size(trai
         bundle.predict_file(str(WASP39B_CSV), str(tmp_path / "x.csv"), options={"importance": "10"})
 
 
+def test_an_ensemble_run_samples_and_reweights_its_mixture(sim_root: Path, tmp_path: Path) -> None:
+    """model.members=2: one run trains two networks; the bundle samples their mixture, predict works, and under
+    a flat likelihood the importance weights p(z) / q_mixture(z) turn its draws into the prior with evidence 1
+    (a log q of one member only, or of the members' mean log-density, fails that)."""
+    from scipy.stats import kstest
+
+    from trainer.components.spectrum_importance import importance_posterior
+    from trainer.models.retrieval import RetrievalEnsemble
+
+    proc = train(sim_root, tmp_path, "train.max_steps=40", "model.members=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = load_bundle(tmp_path / "spectrum", "cpu")
+    comp, model = bundle.component, bundle.model
+    assert isinstance(model, RetrievalEnsemble) and len(model.members) == 2
+    assert "Held-out retrieval" in (tmp_path / "spectrum" / "report.md").read_text()
+    out = tmp_path / "wasp39b.csv"
+    line = bundle.predict_file(str(WASP39B_CSV), str(out), options={"samples": "300"})
+    assert "posterior of 7 parameters" in line
+    with np.load(out.with_suffix(".samples.npz"), allow_pickle=False) as z:
+        assert z["samples"].shape == (300, 7) and np.isfinite(z["samples"]).all()
+    x, _ = comp.read_spectrum(str(WASP39B_CSV), [])
+    result = importance_posterior(model, x, comp.from_latent, lambda p: np.zeros(len(p)), 40000, 5000,
+                                  torch.device("cpu"))
+    uniform = [(p - lo) / (hi - lo) for p, lo, hi in zip(result.samples.T, comp.lo, comp.hi, strict=True)]
+    assert max(kstest(u, "uniform").statistic for u in uniform) < 0.035
+    assert abs(result.log_evidence) < 0.02
+
+
 def test_training_batches_get_a_fresh_noise_draw_and_validation_batches_none(trained: Path) -> None:
     bundle = load_bundle(trained / "best", "cpu")
     comp, model = bundle.component, bundle.model
@@ -280,11 +308,36 @@ def test_sampler_bench_compares_the_network_with_dynesty_on_a_held_out_spectrum(
     assert len(reweighted["ks"]) == 7 and 0 < reweighted["effective_samples"] <= 64
     assert np.isfinite(reweighted["log_evidence"]) and "Network + importance sampling" in text
     assert "Calibration of the importance-sampled posterior on 3 test-split" in text
-    # the same spectrum sampled again with another seed: `agreement` measures the reference's own KS noise
+    [shape] = summary["shape"]
+    assert set(summary["truth_inside"]) == {"sampler68", "sampler95", "network68", "network95"}
+    assert all(0 <= v <= 7 for v in summary["truth_inside"].values())
+    assert summary["truth_inside"]["sampler68"] <= summary["truth_inside"]["sampler95"]
+    assert "True values inside the central intervals" in text
+    with np.load(done, allow_pickle=False) as z:
+        assert json.loads(str(z["settings"]))["nlive"] == 15
+    assert all(w > 0 for w in shape["width_ratio"]) and all(d >= 0 for d in shape["mean_shift"])
+    # an ensemble of runs: the same run twice is a mixture of one distribution drawn with two seeds
+    mixture_dir = tmp_path / "mixture"
+    mixture = bench("compare", "--model", str(trained), "--model", str(trained), "--root", str(sim_root), "--out",
+                    str(out), "--report-dir", str(mixture_dir))
+    assert mixture.returncode == 0, mixture.stderr[-3000:]
+    mixed = json.loads((mixture_dir / "sampler_comparison.json").read_text())
+    assert mixed["models"] == [str(trained)] * 2 and mixed["names"] == summary["names"]
+    assert np.mean(mixed["ks"][0]) == pytest.approx(np.mean(summary["ks"][0]), abs=0.15)
+    assert "equal-weight mixture of 2" in (mixture_dir / "sampler_comparison.md").read_text()
+    assert (mixture_dir / "calibration.png").is_file() and not list(mixture_dir.glob("sampler-*.npz"))
+    refused = bench("compare", "--model", str(trained), "--model", str(trained), "--root", str(sim_root), "--out",
+                    str(out), "--report-dir", str(mixture_dir), "--importance", "8")
+    assert refused.returncode != 0 and "pass a single --model with --importance" in refused.stderr
+    # the same spectrum sampled again with another seed and dynesty's slice proposals: `agreement` measures how
+    # far two references of the same spectrum are apart
     other = tmp_path / "seed1"
     again = bench("sample", "--root", str(sim_root), "--out", str(other), "--n-test", "1", "--no-wasp39b",
-                  "--n-layers", "16", "--nlive", "15", "--dlogz", "50", "--bootstrap", "0", "--seed", "1")
+                  "--n-layers", "16", "--nlive", "15", "--dlogz", "50", "--seed", "1", "--sample", "rslice")
     assert again.returncode == 0, again.stderr[-3000:]
+    with np.load(other / done.name, allow_pickle=False) as z:
+        assert json.loads(str(z["settings"])) == {"nlive": 15, "dlogz": 50.0, "bootstrap": None, "sample": "rslice",
+                                                  "seed": 1, "n_layers": 16}
     agreement = bench("agreement", "--reference", str(out), "--other", str(other))
     assert agreement.returncode == 0, agreement.stderr[-3000:]
     [row] = json.loads((other / "agreement.json").read_text())

@@ -39,7 +39,7 @@ from trainer.components.base import (
     StepOutput,
 )
 from trainer.components.spectrum_importance import ImportanceResult, importance_posterior
-from trainer.models.retrieval import FlowName, RetrievalModel
+from trainer.models.retrieval import FlowName, RetrievalEnsemble, RetrievalModel
 from trainer.spectrum_likelihood import SpectrumLikelihood
 
 NumberT = TypeVar("NumberT", int, float)
@@ -54,6 +54,9 @@ class SpectrumModelConfig(ModelConfig):
     hidden: int = Field(128, gt=0, description="width of the networks that set each flow layer")
     flow_layers: int = Field(6, gt=0, description="flow layers (coupling or spline transforms)")
     spline_bins: int = Field(8, gt=1, description="spline segments per parameter (spline flows)")
+    members: int = Field(1, gt=0, description="independently initialised networks trained side by side; the "
+                         "posterior is their equal-weight mixture (a deep ensemble); each member costs one "
+                         "network's training and sampling time")
     posterior_samples: int = Field(1000, gt=0, description="samples per spectrum in report and predict")
     report_spectra: int = Field(500, gt=0, description="held-out spectra scored in the report (at most)")
     min_rows: int = Field(200, gt=0, description="fewer spectra than this stops the run")
@@ -217,8 +220,10 @@ class SpectrumComponent(Component):
     # -- model and loss ------------------------------------------------------------------------
     def build_model(self, data: ComponentData | None) -> nn.Module:
         cfg: SpectrumModelConfig = self.model_cfg
-        return RetrievalModel(len(self.bin_wavelength), len(self.parameters), cfg.channels, cfg.context, cfg.hidden,
-                              cfg.flow_layers, float(self.relative_gain[0]), cfg.flow, cfg.spline_bins)
+        shape = {"n_bins": len(self.bin_wavelength), "n_params": len(self.parameters), "channels": cfg.channels,
+                 "context": cfg.context, "hidden": cfg.hidden, "layers": cfg.flow_layers,
+                 "relative_gain": float(self.relative_gain[0]), "flow": cfg.flow, "spline_bins": cfg.spline_bins}
+        return RetrievalModel(**shape) if cfg.members == 1 else RetrievalEnsemble(cfg.members, **shape)
 
     def noisy_input(self, x: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
         """Training input: where draw = 1, the error bars (channel 1) inflated by a factor from [1,

@@ -55,9 +55,9 @@ def importance_posterior(model: nn.Module, x: np.ndarray, from_latent, likelihoo
     module = getattr(model, "module", model)
     module.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    context = module.encoder(torch.from_numpy(x).to(device))
-    z = module.flow.sample(context, proposals, gen, base_scale=widen)[0]
-    log_q = module.flow.log_prob(z, context.expand(proposals, -1), base_scale=widen).double().cpu().numpy()
+    spectrum = torch.from_numpy(x).to(device)
+    z = module.sample(spectrum, proposals, gen, base_scale=widen)[0]
+    log_q = module.log_prob(spectrum, z, base_scale=widen).double().cpu().numpy()
     z = z.double().cpu().numpy()
     log_prior = -0.5 * (z**2).sum(axis=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
     log_w = likelihood(from_latent(z)) + log_prior - log_q

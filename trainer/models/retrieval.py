@@ -12,13 +12,14 @@ inverse (sampling), which is what a posterior needs (ADC2023's best entries were
   autoregressive (one pass per parameter to sample); each parameter's conditional is a monotone spline, so it
   can bend along curved ridges and be skewed, which an affine map cannot.
 Masked bins enter as zeros with mask 0, so one network serves spectra of any subset of the training bins
-(PRISM, G395H, or both).
+(PRISM, G395H, or both). `RetrievalEnsemble` holds several independently initialised networks whose posterior is
+their equal-weight mixture (a deep ensemble, Lakshminarayanan et al. 2017).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import zuko
@@ -185,6 +186,44 @@ class RetrievalModel(nn.Module):
         """Log-density of standardised theta given the spectrum, (B,)."""
         return self.flow.log_prob(theta, self.encoder(spectrum))
 
+    def log_prob(self, spectrum: torch.Tensor, theta: torch.Tensor, base_scale: float = 1.0) -> torch.Tensor:
+        """(B or 1, 3, bins), (B, dim) -> (B,); one spectrum serves every theta row."""
+        c = self.encoder(spectrum)
+        return self.flow.log_prob(theta, c.expand(theta.shape[0], -1) if c.shape[0] == 1 else c, base_scale)
+
     @torch.no_grad()
-    def sample(self, spectrum: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.flow.sample(self.encoder(spectrum), n, generator)
+    def sample(self, spectrum: torch.Tensor, n: int, generator: torch.Generator | None = None,
+               base_scale: float = 1.0) -> torch.Tensor:
+        """(B, 3, bins) -> (B, n, dim) standardised draws (of the widened flow for base_scale > 1)."""
+        return self.flow.sample(self.encoder(spectrum), n, generator, base_scale)
+
+
+class RetrievalEnsemble(nn.Module):
+    """`members` RetrievalModels built one after another (so each starts from its own random weights). The
+    posterior is their equal-weight mixture. `forward` is the members' mean log-density: minimising its negative
+    trains each member on its own (they see the same batches; only the global gradient-norm clip couples them)."""
+
+    def __init__(self, members: int, **model_kwargs: Any) -> None:
+        super().__init__()
+        if members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, not {members}")
+        self.members = nn.ModuleList(RetrievalModel(**model_kwargs) for _ in range(members))
+
+    def forward(self, spectrum: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(spectrum, theta) for m in self.members]).mean(dim=0)
+
+    def log_prob(self, spectrum: torch.Tensor, theta: torch.Tensor, base_scale: float = 1.0) -> torch.Tensor:
+        """The mixture's log-density, (B,)."""
+        logs = torch.stack([m.log_prob(spectrum, theta, base_scale) for m in self.members])
+        return torch.logsumexp(logs, dim=0) - math.log(len(self.members))
+
+    @torch.no_grad()
+    def sample(self, spectrum: torch.Tensor, n: int, generator: torch.Generator | None = None,
+               base_scale: float = 1.0) -> torch.Tensor:
+        """(B, 3, bins) -> (B, n, dim): each member draws its share (n // members, the first n % members one more),
+        then the draws are shuffled so any prefix is a mixture sample too."""
+        k = len(self.members)
+        draws = torch.cat([m.sample(spectrum, n // k + (i < n % k), generator, base_scale)
+                           for i, m in enumerate(self.members)], dim=1)
+        order = torch.randperm(n, generator=generator, device=draws.device)
+        return draws[:, order]
