@@ -51,6 +51,10 @@ def trained(sim_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_reports_r2_and_coverage(trained: Path) -> None:
+    from trainer.models.retrieval import RetrievalEnsemble
+
+    model = load_bundle(trained / "best", "cpu").model
+    assert isinstance(model, RetrievalEnsemble) and len(model.members) == 2  # configs/spectrum.yaml: members 2
     report = (trained / "report.md").read_text()
     assert "Held-out retrieval" in report and "95% coverage" in report
     for p in ("temperature", "log_h2o", "log_co2", "radius"):
@@ -145,7 +149,9 @@ def test_importance_weights_turn_the_network_draws_into_the_prior_under_a_flat_l
     # 0.08) are not the prior, the reweighted ones (max ~0.02) are
     assert np.mean([kstest(u, "uniform").statistic for u in raw_uniform]) > 0.025
     assert max(kstest(u, "uniform").statistic for u in uniform) < 0.035
-    assert abs(result.log_evidence) < 0.02 and result.effective_samples < result.proposals
+    # the evidence estimate scatters by about 1 / sqrt(effective samples) around log 1 = 0
+    assert abs(result.log_evidence) < 4 / np.sqrt(result.effective_samples)
+    assert result.effective_samples < result.proposals
 
 
 def test_predict_with_importance_sampling_reports_the_effective_sample_size(trained: Path, tmp_path: Path) -> None:
@@ -164,24 +170,22 @@ def test_predict_with_importance_sampling_reports_the_effective_sample_size(trai
         bundle.predict_file(str(WASP39B_CSV), str(tmp_path / "x.csv"), options={"importance": "10"})
 
 
-def test_an_ensemble_run_samples_and_reweights_its_mixture(sim_root: Path, tmp_path: Path) -> None:
-    """model.members=2: one run trains two networks; the bundle samples their mixture, predict works, and under
-    a flat likelihood the importance weights p(z) / q_mixture(z) turn its draws into the prior with evidence 1
-    (a log q of one member only, or of the members' mean log-density, fails that)."""
+def test_a_single_network_run_predicts_and_reweights_its_own_density(sim_root: Path, tmp_path: Path) -> None:
+    """configs/spectrum.yaml trains a mixture of 2 (the `trained` fixture); model.members=1 is one network, the
+    bundle layout from before members existed. It predicts, and under a flat likelihood its importance weights
+    p(z) / q(z) give the prior back with evidence 1."""
     from scipy.stats import kstest
 
     from trainer.components.spectrum_importance import importance_posterior
-    from trainer.models.retrieval import RetrievalEnsemble
+    from trainer.models.retrieval import RetrievalModel
 
-    proc = train(sim_root, tmp_path, "train.max_steps=40", "model.members=2")
+    proc = train(sim_root, tmp_path, "train.max_steps=40", "model.members=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle = load_bundle(tmp_path / "spectrum", "cpu")
     comp, model = bundle.component, bundle.model
-    assert isinstance(model, RetrievalEnsemble) and len(model.members) == 2
-    assert "Held-out retrieval" in (tmp_path / "spectrum" / "report.md").read_text()
+    assert isinstance(model, RetrievalModel)
     out = tmp_path / "wasp39b.csv"
-    line = bundle.predict_file(str(WASP39B_CSV), str(out), options={"samples": "300"})
-    assert "posterior of 7 parameters" in line
+    assert "posterior of 7 parameters" in bundle.predict_file(str(WASP39B_CSV), str(out), options={"samples": "300"})
     with np.load(out.with_suffix(".samples.npz"), allow_pickle=False) as z:
         assert z["samples"].shape == (300, 7) and np.isfinite(z["samples"]).all()
     x, _ = comp.read_spectrum(str(WASP39B_CSV), [])
@@ -189,7 +193,7 @@ def test_an_ensemble_run_samples_and_reweights_its_mixture(sim_root: Path, tmp_p
                                   torch.device("cpu"))
     uniform = [(p - lo) / (hi - lo) for p, lo, hi in zip(result.samples.T, comp.lo, comp.hi, strict=True)]
     assert max(kstest(u, "uniform").statistic for u in uniform) < 0.035
-    assert abs(result.log_evidence) < 0.02
+    assert abs(result.log_evidence) < 4 / np.sqrt(result.effective_samples)
 
 
 def test_training_batches_get_a_fresh_noise_draw_and_validation_batches_none(trained: Path) -> None:

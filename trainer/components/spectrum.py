@@ -101,7 +101,7 @@ def _npz(data: bytes) -> dict[str, np.ndarray]:
 
 class SpectrumComponent(Component):
     name = "spectrum"
-    description = "atmospheric retrieval: transmission spectrum -> posterior (CNN + affine-coupling flow)"
+    description = "atmospheric retrieval: transmission spectrum -> posterior (CNN + normalizing flow, or a mixture)"
     model_config_cls = SpectrumModelConfig
     predict_options = ("samples", "seed", "mask_um", "error_scale", "importance")
     simulator: dict[str, Any] | None = None
