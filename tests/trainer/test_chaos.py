@@ -15,9 +15,9 @@ from bench.chaos import leftovers
 from tests.conftest import BIN, REPO, assert_resumed, cli_env, planets_args, run_cli, train_losses
 from tests.trainer.conftest import QUICK
 
-# bundle_run's config (the uninterrupted reference) with a checkpoint every 5 steps: saving does not touch the
+# bundle_run's config (the uninterrupted reference) with a checkpoint every 2 steps: saving does not touch the
 # training, so the losses must be the same.
-CHAOS = (*QUICK, "checkpoint.every_steps=5")
+CHAOS = (*QUICK, "checkpoint.every_steps=2")
 KILLS = 10
 SEED = 3  # draws 5 kills during a write, 2 right after one, 2 between checkpoints, 1 during start-up
 
