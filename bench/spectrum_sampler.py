@@ -2,7 +2,6 @@
 
     python -m bench.spectrum_sampler sample --root DATA --out DIR [--n-test 3]   # dynesty, slow
     python -m bench.spectrum_sampler compare --model RUN --root DATA --out DIR     # network, fast; writes DIR/*.md
-        [--model RUN2 ...]  # an equal-weight mixture of several trained runs (an ensemble)
         [--report-dir DIR2]  # write the tables and figures there instead of DIR
         [--importance N]  # also the network's N proposals reweighted by the forward model (slower)
     python -m bench.spectrum_sampler agreement --reference DIR --other DIR2   # dynesty vs dynesty (another seed
@@ -12,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from pathlib import Path
@@ -20,7 +20,7 @@ import numpy as np
 
 from datajobs.forward_model import SNAPSHOT
 from datajobs.sources.spectra_sim import PARAMETERS, instrument_bins
-from datajobs.store import Store
+from datajobs.store import Store, write_local_atomic
 
 WASP39B_CSV = SNAPSHOT / "wasp39b_jwst_prism_g395h.csv"
 SO2 = (3.9, 4.2)
@@ -44,8 +44,6 @@ def wasp39b_prism(error_scale: float = 1.0) -> dict[str, np.ndarray]:
 
 def test_spectra(root: str, n: int, split_seed: int = 0, val: float = 0.1, test: float = 0.1) -> list[dict]:
     """The first n held-out (test-split) simulated PRISM-only spectra of spectra-sim@latest."""
-    import io
-
     from trainer.components.spectrum import split_of
 
     version = Store(root).open("spectra-sim@latest")
@@ -86,9 +84,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
                         dlogz=args.dlogz, bootstrap=args.bootstrap, seed=args.seed, sample=args.sample)
         settings = {"nlive": args.nlive, "dlogz": args.dlogz, "bootstrap": args.bootstrap, "sample": args.sample,
                     "seed": args.seed, "n_layers": args.n_layers}
-        np.savez(path, samples=r.samples, seconds=r.seconds, calls=r.likelihood_calls, logz=r.log_evidence,
+        buf = io.BytesIO()  # written whole or not at all: a killed run leaves no half file for a rerun to skip
+        np.savez(buf, samples=r.samples, seconds=r.seconds, calls=r.likelihood_calls, logz=r.log_evidence,
                  truth=np.full(len(PARAMETERS), np.nan) if truth is None else truth,
                  settings=np.array(json.dumps(settings)))
+        write_local_atomic(path, buf.getvalue())
         print(f"{name}: {r.seconds:.0f} s, {r.likelihood_calls} likelihood calls", flush=True)
 
 
@@ -112,21 +112,9 @@ def truth_inside(samples: np.ndarray, truth: np.ndarray, level: int) -> np.ndarr
     return (truth >= lo) & (truth <= hi)
 
 
-def ensemble_posterior(bundles: list, x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """(B, 3, bins) features -> (B, n, params): an equal-weight mixture of the bundles' posteriors (each member
-    draws its share of the n samples with its own seed); one bundle is its own posterior."""
-    import torch
-
-    shares = [n // len(bundles) + (k < n % len(bundles)) for k in range(len(bundles))]
-    return np.concatenate([b.component.posterior(b.model, x, m, torch.device("cpu"), seed=seed + 7919 * k)
-                           for k, (b, m) in enumerate(zip(bundles, shares, strict=True))], axis=1)
-
-
 def held_out_inputs(root: str, comp, n: int, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Network inputs and true parameters of the first n spectra of a split ("test", or "val" for choosing
     settings; any mode set) of the first shard of spectra-sim@latest."""
-    import io
-
     from trainer.components.spectrum import split_of
 
     version = Store(root).open("spectra-sim@latest")
@@ -137,13 +125,14 @@ def held_out_inputs(root: str, comp, n: int, split: str = "test") -> tuple[np.nd
     return comp.features(a["depth"][idx], a["error"][idx], a["mask"][idx].astype(bool)), a["params"][idx]
 
 
-def calibration(root: str, bundles: list, out: Path, n: int = 200) -> list[str]:
+def calibration(root: str, comp, model, out: Path, n: int = 200) -> list[str]:
     """Coverage of central intervals at several levels on held-out simulated spectra, as a PNG and a table."""
     import matplotlib.pyplot as plt
+    import torch
 
-    comp = bundles[0].component
     x, truth = held_out_inputs(root, comp, n)
-    samples = np.concatenate([ensemble_posterior(bundles, x[i:i + 50], 500, seed=i) for i in range(0, len(x), 50)])
+    samples = np.concatenate([comp.posterior(model, x[i:i + 50], 500, torch.device("cpu"), seed=i)
+                              for i in range(0, len(x), 50)])
     levels = np.array([10, 20, 30, 40, 50, 60, 68, 80, 90, 95])
     cov = np.zeros((len(levels), len(comp.parameters)))
     for li, lev in enumerate(levels):
@@ -173,19 +162,15 @@ def importance_calibration(root: str, comp, model, n_spectra: int, proposals: in
 
     from trainer.components.spectrum_importance import MIN_EFFECTIVE_SAMPLES
 
-    def inside(samples: np.ndarray, true: np.ndarray, level: int) -> np.ndarray:
-        lo, hi = np.percentile(samples, [50 - level / 2, 50 + level / 2], axis=0)
-        return (true >= lo) & (true <= hi)
-
     x, truth = held_out_inputs(root, comp, n_spectra, split)
     hits: dict[str, list[np.ndarray]] = {"is68": [], "is95": [], "net95": []}
     effective = []
     for k in range(len(x)):
         r = comp.importance_posterior(model, x[k:k + 1], proposals, 1000, torch.device("cpu"), seed=k, widen=widen)
         effective.append(r.effective_samples)
-        hits["is68"].append(inside(r.samples, truth[k], 68))
-        hits["is95"].append(inside(r.samples, truth[k], 95))
-        hits["net95"].append(inside(comp.posterior(model, x[k:k + 1], 1000, torch.device("cpu"), seed=k)[0],
+        hits["is68"].append(truth_inside(r.samples, truth[k], 68))
+        hits["is95"].append(truth_inside(r.samples, truth[k], 95))
+        hits["net95"].append(truth_inside(comp.posterior(model, x[k:k + 1], 1000, torch.device("cpu"), seed=k)[0],
                                     truth[k], 95))
     enough = np.array(effective) >= MIN_EFFECTIVE_SAMPLES
     cov = {key: np.array(v, float) for key, v in hits.items()}
@@ -213,13 +198,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     from trainer.bundle import load_bundle
 
-    bundles = [load_bundle(m, "cpu") for m in args.model]
-    bundle, comp = bundles[0], bundles[0].component
-    if any(b.component.parameters != comp.parameters or not np.array_equal(b.component.bin_wavelength,
-                                                                           comp.bin_wavelength) for b in bundles):
-        raise SystemExit("--model runs of an ensemble must share parameters and bins (train them on one data set)")
-    if len(bundles) > 1 and (args.importance or args.importance_coverage):
-        raise SystemExit("importance sampling reweights one run's proposals: pass a single --model with --importance")
+    bundle = load_bundle(args.model, "cpu")
+    comp = bundle.component
     args.report_dir = args.report_dir or args.out
     args.report_dir.mkdir(parents=True, exist_ok=True)
     lines = ["| spectrum | " + " | ".join(comp.parameters) + " | mean KS | sampler s | network s |",
@@ -245,9 +225,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
             for w, d, e in zip(spec["wavelength_um"], spec["depth"], spec["error"], strict=True):
                 f.write(f"{w},{d},{e}\n")
         x, _ = comp.read_spectrum(str(csv), [])
-        ensemble_posterior(bundles, x, 10)  # warm-up
+        comp.posterior(bundle.model, x, 10, torch.device("cpu"))  # warm-up
         t0 = time.perf_counter()
-        net = ensemble_posterior(bundles, x, 1000)[0]
+        net = comp.posterior(bundle.model, x, 1000, torch.device("cpu"))[0]
         net_s = time.perf_counter() - t0
         ks = [ks_distance(net[:, j], ref[:, j]) for j in range(len(comp.parameters))]
         ks_all.append(ks)
@@ -314,10 +294,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     ks_mean = float(np.mean(ks_all)) if ks_all else float("nan")
     simulated = [k for k, n in zip(ks_all, names, strict=True) if n.startswith("test-")]
     ks_sim = float(np.mean(simulated)) if simulated else float("nan")
-    models = ", ".join(str(m) for m in args.model)
     md = ["## Network vs nested sampling (dynesty, same forward model and priors)", "",
-          f"Network: {models}" + (f" (equal-weight mixture of {len(bundles)})" if len(bundles) > 1 else "") + ".", "",
-          *lines, "",
+          f"Network: {args.model}.", "", *lines, "",
           f"Mean KS distance over spectra and parameters: {ks_mean:.3f} (goal < 0.2); over the simulated spectra "
           f"only: {ks_sim:.3f}.", "",
           "Posterior width and location, network against dynesty, per parameter: standard deviation ratio / "
@@ -343,7 +321,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
                "model, 1000 resampled)", "", *is_lines, "",
                f"Mean KS: {np.mean([r['ks'] for r in importance]):.3f}; over the simulated spectra only: "
                f"{np.mean(sim_is) if sim_is else float('nan'):.3f}. Speed vs the sampler: {ratio_is:,.0f}x."]
-    md += ["", *calibration(args.root, bundles, args.report_dir)]
+    md += ["", *calibration(args.root, comp, bundle.model, args.report_dir)]
     if args.importance_coverage:
         md += importance_calibration(args.root, comp, bundle.model, args.importance_coverage,
                                      args.importance_coverage_proposals, args.importance_coverage_split,
@@ -353,11 +331,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
         md += ["", "### WASP-39b 95% intervals", "", "| target | parameter | network | dynesty | overlap |"
                + (" network + IS |" if importance else ""), "|---|---|---|---|---|" + ("---|" if importance else ""),
                *overlap_rows, "", *[c.replace("sampler-", "") for c in corners]]
-    (args.report_dir / "sampler_comparison.md").write_text("\n".join(md) + "\n")
-    summary = {"models": [str(m) for m in args.model], "ks_mean": ks_mean, "ks_simulated": ks_sim, "names": names,
+    write_local_atomic(args.report_dir / "sampler_comparison.md", ("\n".join(md) + "\n").encode())
+    summary = {"model": str(args.model), "ks_mean": ks_mean, "ks_simulated": ks_sim, "names": names,
                "ks": ks_all, "shape": shapes, "truth_inside": {k: int(np.sum(v)) for k, v in inside.items()},
                "speed": speed, "importance": importance}
-    (args.report_dir / "sampler_comparison.json").write_text(json.dumps(summary) + "\n")
+    write_local_atomic(args.report_dir / "sampler_comparison.json", (json.dumps(summary) + "\n").encode())
     print("\n".join(md))
 
 
@@ -405,8 +383,7 @@ def main() -> None:
     s.add_argument("--wasp39b-error-scale", type=float, default=1.0,
                    help="multiply the real spectrum's error bars (the network gets the same spectrum)")
     c = sub.add_parser("compare")
-    c.add_argument("--model", required=True, action="append",
-                   help="a trained spectrum run; repeat it for an equal-weight mixture (ensemble) of runs")
+    c.add_argument("--model", required=True, help="a trained spectrum run (model.members > 1: its mixture)")
     c.add_argument("--report-dir", type=Path, default=None,
                    help="where the tables and figures go (default: --out, beside the sampler runs)")
     c.add_argument("--root", required=True)

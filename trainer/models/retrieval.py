@@ -184,7 +184,7 @@ class RetrievalModel(nn.Module):
 
     def forward(self, spectrum: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """Log-density of standardised theta given the spectrum, (B,)."""
-        return self.flow.log_prob(theta, self.encoder(spectrum))
+        return self.log_prob(spectrum, theta)
 
     def log_prob(self, spectrum: torch.Tensor, theta: torch.Tensor, base_scale: float = 1.0) -> torch.Tensor:
         """(B or 1, 3, bins), (B, dim) -> (B,); one spectrum serves every theta row."""
