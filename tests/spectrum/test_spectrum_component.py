@@ -66,6 +66,24 @@ def test_run_reports_r2_and_coverage(trained: Path) -> None:
     metrics = json.loads((trained / "best" / "bundle.json").read_text())["metrics"]
     coverage = {k: v for k, v in metrics.items() if k.startswith("coverage95_")}
     assert len(coverage) == 7 and all(0.85 <= v <= 1.0 for v in coverage.values()), coverage
+    assert metrics["nll_posterior"] < metrics["nll_prior"] - 0.3, metrics  # beats the prior (80 steps: ~0.6 nats)
+    assert "under the prior (the baseline)" in report
+
+
+def test_validation_scores_the_mixture_that_is_sampled_not_the_members_mean(trained: Path) -> None:
+    bundle = load_bundle(trained / "best", "cpu")
+    comp, model = bundle.component, bundle.model
+    x, _ = comp.read_spectrum(str(WASP39B_CSV), [])
+    x = torch.from_numpy(x).repeat(16, 1, 1)
+    y = torch.from_numpy(comp.to_latent(np.array([comp.lo + (comp.hi - comp.lo) * f
+                                                  for f in np.linspace(0.1, 0.9, 16)])))
+    batch = (x, y, torch.zeros(16))
+    with torch.no_grad():
+        validation = float(comp.evaluation_step(model, batch).loss)
+        members_mean = float(comp.training_step(model, batch).loss)
+        mixture = float(-model.log_prob(x, y).mean())
+    assert validation == pytest.approx(mixture, rel=1e-6)
+    assert validation < members_mean  # log of a mean density > mean of the log densities unless members agree
 
 
 @pytest.mark.slow
