@@ -54,7 +54,7 @@ def test_run_reports_r2_and_coverage(trained: Path) -> None:
     from trainer.models.retrieval import RetrievalEnsemble
 
     model = load_bundle(trained / "best", "cpu").model
-    assert isinstance(model, RetrievalEnsemble) and len(model.members) == 2  # configs/spectrum.yaml: members 2
+    assert isinstance(model, RetrievalEnsemble) and len(model.members) == 3  # configs/spectrum.yaml: members 3
     report = (trained / "report.md").read_text()
     assert "Held-out retrieval" in report and "95% coverage" in report
     for p in ("temperature", "log_h2o", "log_co2", "radius"):
@@ -189,7 +189,7 @@ def test_predict_with_importance_sampling_reports_the_effective_sample_size(trai
 
 
 def test_a_single_network_run_predicts_and_reweights_its_own_density(sim_root: Path, tmp_path: Path) -> None:
-    """configs/spectrum.yaml trains a mixture of 2 (the `trained` fixture); model.members=1 is one network, the
+    """configs/spectrum.yaml trains a mixture of 3 (the `trained` fixture); model.members=1 is one network, the
     bundle layout from before members existed. It predicts, and under a flat likelihood its importance weights
     p(z) / q(z) give the prior back with evidence 1."""
     from scipy.stats import kstest
