@@ -38,7 +38,7 @@ from trainer.components.base import (
     ReportSection,
     StepOutput,
 )
-from trainer.components.spectrum_importance import ImportanceResult, importance_posterior
+from trainer.components.spectrum_importance import ImportanceResult, importance_posterior, latent_prior_log_density
 from trainer.models.retrieval import FlowName, RetrievalEnsemble, RetrievalModel
 from trainer.spectrum_likelihood import SpectrumLikelihood
 
@@ -310,10 +310,8 @@ class SpectrumComponent(Component):
         log_density = np.concatenate([module.log_prob(torch.from_numpy(x[i:i + 50]).to(device),
                                                       torch.from_numpy(z[i:i + 50]).to(device)).float().cpu().numpy()
                                       for i in range(0, len(x), 50)])
-        # the uniform prior is the standard normal in the probit latent space the flow models
-        prior_log_density = -0.5 * (z.astype(np.float64) ** 2).sum(axis=1) - 0.5 * z.shape[1] * np.log(2 * np.pi)
         metrics["nll_posterior"] = float(-log_density.mean())
-        metrics["nll_prior"] = float(-prior_log_density.mean())
+        metrics["nll_prior"] = float(-latent_prior_log_density(z).mean())
         n = len(x)
         rate = n * cfg.posterior_samples / seconds
         lines.append(f"\nHeld-out simulated spectra: {n}; {cfg.posterior_samples} posterior samples each. "

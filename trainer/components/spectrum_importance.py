@@ -25,6 +25,13 @@ from datajobs.errors import DataError
 MIN_EFFECTIVE_SAMPLES = 100
 
 
+def latent_prior_log_density(z: np.ndarray) -> np.ndarray:
+    """(n, dim) -> (n,): the uniform prior box, which the probit map makes the standard normal of the flow's
+    space."""
+    z = z.astype(np.float64)
+    return -0.5 * (z**2).sum(axis=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+
+
 @dataclass
 class ImportanceResult:
     samples: np.ndarray  # (n_out, parameters), resampled with the weights: equally weighted
@@ -59,8 +66,7 @@ def importance_posterior(model: nn.Module, x: np.ndarray, from_latent, likelihoo
     z = module.sample(spectrum, proposals, gen, base_scale=widen)[0]
     log_q = module.log_prob(spectrum, z, base_scale=widen).double().cpu().numpy()
     z = z.double().cpu().numpy()
-    log_prior = -0.5 * (z**2).sum(axis=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
-    log_w = likelihood(from_latent(z)) + log_prior - log_q
+    log_w = likelihood(from_latent(z)) + latent_prior_log_density(z) - log_q
     top = log_w.max()
     if not np.isfinite(top):
         raise DataError(f"importance sampling: none of the {proposals} network draws has a finite likelihood "
